@@ -1,0 +1,346 @@
+//! Clerk webhook events: the envelope Svix delivers, and the typed events orgsync reconciles.
+//!
+//! Shapes follow Clerk's OpenAPI webhook description; unknown fields are ignored so that
+//! Clerk adding fields never breaks ingestion.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::ids::{HotelId, UserId};
+
+/// Milliseconds since the Unix epoch: the unit Clerk uses for `created_at`/`updated_at`, and
+/// the unit of every row's `clerk_version`.
+pub type Millis = i64;
+
+/// Below this, an envelope `timestamp` is in seconds (Clerk's OpenAPI examples), above it in
+/// milliseconds (Clerk's docs). 10^11 seconds is the year 5138; 10^11 ms is March 1973.
+const SECONDS_CUTOFF: i64 = 100_000_000_000;
+
+/// Normalises an envelope `timestamp` to milliseconds, whichever unit it came in.
+pub fn normalize_event_time(raw: i64) -> Millis {
+    if raw.abs() < SECONDS_CUTOFF {
+        raw.saturating_mul(1000)
+    } else {
+        raw
+    }
+}
+
+/// The outer shape of every Clerk webhook body: `{ "type", "object": "event", "data", ... }`.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub event_type: String,
+    /// Event time in milliseconds, when the envelope carries a `timestamp`.
+    pub timestamp: Option<Millis>,
+}
+
+/// Why a body is not a Clerk event envelope.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("body is not JSON: {0}")]
+    NotJson(String),
+    #[error("body is not a Clerk event envelope: {0}")]
+    NotEnvelope(&'static str),
+}
+
+#[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(rename = "type", borrow)]
+    event_type: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    object: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
+    timestamp: Option<i64>,
+}
+
+impl Envelope {
+    /// Ok when `body` is a JSON object with a string `type`, `object: "event"` and an object
+    /// `data`; Err says which part is wrong (without echoing the body).
+    pub fn parse(body: &[u8]) -> Result<Self, EnvelopeError> {
+        let raw: RawEnvelope<'_> = serde_json::from_slice(body).map_err(|e| {
+            // Report the category and position only: serde's message can quote the input.
+            EnvelopeError::NotJson(format!("{:?} at line {} column {}", e.classify(), e.line(), e.column()))
+        })?;
+        let event_type = raw.event_type.ok_or(EnvelopeError::NotEnvelope("missing `type`"))?;
+        if event_type.is_empty() || event_type.len() > 100 {
+            return Err(EnvelopeError::NotEnvelope("`type` must be a short non-empty string"));
+        }
+        if raw.object.as_deref() != Some("event") {
+            return Err(EnvelopeError::NotEnvelope("`object` must be \"event\""));
+        }
+        let data = raw.data.ok_or(EnvelopeError::NotEnvelope("missing `data`"))?;
+        if !data.get().trim_start().starts_with('{') {
+            return Err(EnvelopeError::NotEnvelope("`data` must be an object"));
+        }
+        Ok(Self {
+            event_type: event_type.into_owned(),
+            timestamp: raw.timestamp.map(normalize_event_time),
+        })
+    }
+}
+
+/// A Clerk organization (webhook `data` or Backend API object).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Organization {
+    pub id: HotelId,
+    pub name: String,
+    #[serde(default)]
+    pub slug: Option<String>,
+    #[serde(default)]
+    pub image_url: Option<String>,
+    #[serde(default = "empty_object", deserialize_with = "object_or_null")]
+    pub public_metadata: Value,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct EmailAddress {
+    pub id: String,
+    pub email_address: String,
+}
+
+/// A Clerk user (webhook `data` or Backend API object).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct User {
+    pub id: UserId,
+    #[serde(default)]
+    pub first_name: Option<String>,
+    #[serde(default)]
+    pub last_name: Option<String>,
+    #[serde(default)]
+    pub image_url: Option<String>,
+    #[serde(default)]
+    pub primary_email_address_id: Option<String>,
+    #[serde(default)]
+    pub email_addresses: Vec<EmailAddress>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl User {
+    /// The primary email address, if the user has one.
+    pub fn primary_email(&self) -> Option<&str> {
+        let primary = self.primary_email_address_id.as_deref()?;
+        self.email_addresses
+            .iter()
+            .find(|e| e.id == primary)
+            .map(|e| e.email_address.as_str())
+    }
+}
+
+/// The organization embedded in a membership; only its id matters to orgsync.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct OrganizationRef {
+    pub id: HotelId,
+}
+
+/// The user summary embedded in a membership, used to create a user stub.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct PublicUserData {
+    pub user_id: UserId,
+    #[serde(default)]
+    pub first_name: Option<String>,
+    #[serde(default)]
+    pub last_name: Option<String>,
+    #[serde(default)]
+    pub image_url: Option<String>,
+    /// The user's identifier (usually the email address).
+    #[serde(default)]
+    pub identifier: Option<String>,
+}
+
+/// A Clerk organization membership (webhook `data` or Backend API object).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Membership {
+    pub id: String,
+    #[serde(deserialize_with = "role_key")]
+    pub role: String,
+    pub organization: OrganizationRef,
+    pub public_user_data: PublicUserData,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// `{ "object", "id", "deleted": true }`: what `organization.deleted` and `user.deleted` carry.
+#[derive(Debug, Clone, Deserialize)]
+struct DeletedObject<Id> {
+    id: Id,
+}
+
+/// A webhook event orgsync acts on, parsed from its type and payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClerkEvent {
+    OrganizationUpserted(Organization),
+    OrganizationDeleted { id: HotelId, at: Millis },
+    UserUpserted(User),
+    UserDeleted { id: UserId, at: Millis },
+    MembershipUpserted(Membership),
+    MembershipDeleted { membership: Membership, at: Millis },
+}
+
+/// Why a stored payload is not the event its type claims: a permanent error (retrying the same
+/// bytes cannot help).
+#[derive(Debug, thiserror::Error)]
+pub enum EventParseError {
+    #[error("{event_type} payload does not match its shape: {reason}")]
+    Shape { event_type: String, reason: String },
+    #[error("{0} carries no `timestamp`, which a delete needs as its version")]
+    MissingTimestamp(String),
+}
+
+/// The event types orgsync reconciles; every other type is acknowledged and stored as skipped.
+pub const HANDLED_TYPES: [&str; 9] = [
+    "organization.created",
+    "organization.updated",
+    "organization.deleted",
+    "organizationMembership.created",
+    "organizationMembership.updated",
+    "organizationMembership.deleted",
+    "user.created",
+    "user.updated",
+    "user.deleted",
+];
+
+pub fn is_handled(event_type: &str) -> bool {
+    HANDLED_TYPES.contains(&event_type)
+}
+
+#[derive(Deserialize)]
+struct TypedEnvelope<T> {
+    data: T,
+    timestamp: Option<i64>,
+}
+
+impl ClerkEvent {
+    /// Parses a stored envelope. `Ok(None)`: a type orgsync does not handle. `Err`: the payload
+    /// does not have the shape its type promises.
+    pub fn parse(event_type: &str, payload: &Value) -> Result<Option<Self>, EventParseError> {
+        fn data<T: serde::de::DeserializeOwned>(
+            event_type: &str,
+            payload: &Value,
+        ) -> Result<(T, Option<Millis>), EventParseError> {
+            let env: TypedEnvelope<T> = serde::Deserialize::deserialize(payload).map_err(|e| EventParseError::Shape {
+                event_type: event_type.to_owned(),
+                reason: e.to_string(),
+            })?;
+            Ok((env.data, env.timestamp.map(normalize_event_time)))
+        }
+        let need_time = |t: Option<Millis>| t.ok_or_else(|| EventParseError::MissingTimestamp(event_type.to_owned()));
+
+        let event = match event_type {
+            "organization.created" | "organization.updated" => Self::OrganizationUpserted(data(event_type, payload)?.0),
+            "organization.deleted" => {
+                let (d, t): (DeletedObject<HotelId>, _) = data(event_type, payload)?;
+                Self::OrganizationDeleted { id: d.id, at: need_time(t)? }
+            }
+            "user.created" | "user.updated" => Self::UserUpserted(data(event_type, payload)?.0),
+            "user.deleted" => {
+                let (d, t): (DeletedObject<UserId>, _) = data(event_type, payload)?;
+                Self::UserDeleted { id: d.id, at: need_time(t)? }
+            }
+            "organizationMembership.created" | "organizationMembership.updated" => {
+                Self::MembershipUpserted(data(event_type, payload)?.0)
+            }
+            "organizationMembership.deleted" => {
+                let (membership, t): (Membership, _) = data(event_type, payload)?;
+                // The payload is the membership as it was; the event time, when later, dates
+                // the removal itself.
+                let at = t.unwrap_or(membership.updated_at).max(membership.updated_at);
+                Self::MembershipDeleted { membership, at }
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(event))
+    }
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+fn object_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+    Ok(Option::<Value>::deserialize(d)?.unwrap_or_else(empty_object))
+}
+
+/// Older Clerk instances use `admin` / `basic_member`; newer ones `org:admin` / `org:member`.
+/// Rows always hold the newer keys, so the application checks one spelling.
+pub fn normalize_role(role: &str) -> String {
+    match role {
+        "admin" => "org:admin".to_owned(),
+        "basic_member" => "org:member".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+fn role_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let raw = String::deserialize(d)?;
+    if raw.is_empty() {
+        return Err(serde::de::Error::custom("role must not be empty"));
+    }
+    Ok(normalize_role(&raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn event_time_is_normalised_from_seconds_or_milliseconds() {
+        assert_eq!(normalize_event_time(1_716_883_200), 1_716_883_200_000);
+        assert_eq!(normalize_event_time(1_716_883_200_123), 1_716_883_200_123);
+    }
+
+    #[test]
+    fn envelope_requires_type_object_event_and_object_data() {
+        assert!(Envelope::parse(br#"{"type":"user.created","object":"event","data":{}}"#).is_ok());
+        for bad in [
+            &br#"not json"#[..],
+            br#"[]"#,
+            br#"{"object":"event","data":{}}"#,
+            br#"{"type":"user.created","object":"user","data":{}}"#,
+            br#"{"type":"user.created","object":"event"}"#,
+            br#"{"type":"user.created","object":"event","data":[1]}"#,
+            br#"{"type":"","object":"event","data":{}}"#,
+        ] {
+            assert!(Envelope::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn legacy_role_keys_are_normalised() {
+        assert_eq!(normalize_role("admin"), "org:admin");
+        assert_eq!(normalize_role("basic_member"), "org:member");
+        assert_eq!(normalize_role("org:front_desk"), "org:front_desk");
+    }
+
+    #[test]
+    fn delete_without_timestamp_is_a_permanent_parse_error() {
+        let payload = json!({"object": "event", "type": "user.deleted",
+                             "data": {"object": "user", "id": "user_1", "deleted": true}});
+        assert!(matches!(
+            ClerkEvent::parse("user.deleted", &payload),
+            Err(EventParseError::MissingTimestamp(_))
+        ));
+    }
+
+    #[test]
+    fn unhandled_type_parses_to_none() {
+        let payload = json!({"object": "event", "type": "session.created", "data": {}});
+        assert!(ClerkEvent::parse("session.created", &payload).unwrap().is_none());
+        assert!(!is_handled("session.created"));
+    }
+
+    #[test]
+    fn primary_email_is_the_one_the_id_points_at() {
+        let user: User = serde_json::from_value(json!({
+            "id": "user_1", "created_at": 1, "updated_at": 2,
+            "primary_email_address_id": "idn_b",
+            "email_addresses": [{"id": "idn_a", "email_address": "a@x.test"},
+                                {"id": "idn_b", "email_address": "b@x.test"}]
+        }))
+        .unwrap();
+        assert_eq!(user.primary_email(), Some("b@x.test"));
+    }
+}

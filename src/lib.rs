@@ -1,0 +1,13 @@
+//! orgsync keeps an application's hotels (Clerk organizations), users and memberships in step
+//! with Clerk: a signed webhook receiver that stores events durably, a retrying consumer that
+//! reconciles them with newer-wins rules, and a full resync from the Clerk Backend API.
+
+pub mod app;
+pub mod clerk;
+pub mod cli;
+pub mod db;
+pub mod http;
+pub mod metrics;
+pub mod queue;
+pub mod reconcile;
+pub mod telemetry;
