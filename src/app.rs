@@ -112,7 +112,7 @@ impl Application {
         if let Some(verifier) = self.verifier.take() {
             let (ingest, tasks) = Ingest::start(self.pool.clone(), self.config.ingest.clone());
             batchers = tasks;
-            main = main.merge(webhook_router(WebhookState { verifier, ingest }, self.config.max_body));
+            main = main.merge(webhook_router(WebhookState { verifier, ingest, max_body: self.config.max_body }));
         }
         let admin_server = match self.admin_listener.take() {
             Some(l) => Some(tokio::spawn(serve(l, admin, cancel.clone()))),

@@ -20,6 +20,8 @@ use crate::queue::Ingest;
 pub struct WebhookState {
     pub verifier: Arc<WebhookVerifier>,
     pub ingest: Ingest,
+    /// Largest accepted body, in bytes.
+    pub max_body: usize,
 }
 
 /// What the probes and the metrics endpoint need.
@@ -30,10 +32,11 @@ pub struct AdminState {
 }
 
 /// The public router: `POST /webhooks/clerk`, with bodies over `max_body` refused with 413.
-pub fn webhook_router(state: WebhookState, max_body: usize) -> Router {
+pub fn webhook_router(state: WebhookState) -> Router {
     Router::new()
         .route("/webhooks/clerk", post(webhook::receive))
-        .layer(DefaultBodyLimit::max(max_body))
+        // The handler enforces `max_body` itself, refusing on Content-Length before reading.
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 

@@ -1,6 +1,7 @@
 //! `POST /webhooks/clerk`: verify, store durably, then acknowledge.
 
-use axum::body::Bytes;
+use axum::body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +20,10 @@ pub enum ReceiveError {
     Verify(#[from] VerifyError),
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("body could not be read")]
+    BodyRead,
     #[error(transparent)]
     Ingest(#[from] IngestError),
 }
@@ -28,7 +33,8 @@ impl ReceiveError {
         match self {
             Self::Verify(VerifyError::BadHeaders | VerifyError::BodyNotUtf8) => StatusCode::BAD_REQUEST,
             Self::Verify(VerifyError::BadSignature) => StatusCode::UNAUTHORIZED,
-            Self::Envelope(_) => StatusCode::BAD_REQUEST,
+            Self::Envelope(_) | Self::BodyRead => StatusCode::BAD_REQUEST,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Ingest(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -40,6 +46,8 @@ impl ReceiveError {
             Self::Verify(VerifyError::BodyNotUtf8) => "bad_body",
             Self::Verify(VerifyError::BadSignature) => "bad_signature",
             Self::Envelope(_) => "not_an_event",
+            Self::TooLarge(_) => "too_large",
+            Self::BodyRead => "bad_body",
             Self::Ingest(_) => "unavailable",
         }
     }
@@ -63,7 +71,21 @@ impl IntoResponse for ReceiveError {
 /// Verifies the Svix signature over the raw body, checks the Clerk envelope, and answers 2xx
 /// only once the event is committed (or was already stored under the same `svix-id`).
 #[tracing::instrument(name = "webhook", skip_all, fields(event_id, event_type))]
-pub async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: Bytes) -> Result<Response, ReceiveError> {
+pub async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: Body) -> Result<Response, ReceiveError> {
+    let announced = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > state.max_body as u64) {
+        // Refuse on the announced length: no need to read megabytes to say no.
+        return Err(ReceiveError::TooLarge(state.max_body));
+    }
+    // A body without Content-Length (chunked) is cut off as soon as it passes the limit.
+    let body = Limited::new(body, state.max_body)
+        .collect()
+        .await
+        .map_err(|e| if e.is::<LengthLimitError>() { ReceiveError::TooLarge(state.max_body) } else { ReceiveError::BodyRead })?
+        .to_bytes();
     let event_id = svix_headers(&headers)?.to_owned();
     tracing::Span::current().record("event_id", event_id.as_str());
     state.verifier.verify(&headers, &body)?;

@@ -111,14 +111,14 @@ async fn batcher(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batc
             continue;
         }
         match insert_batch(&pool, &batch).await {
-            Ok(inserted) => {
-                let started = std::time::Instant::now();
+            Ok(mut inserted) => {
+                metrics::histogram!("orgsync_ingest_batch_size").record(batch.len() as f64);
                 for p in batch.drain(..) {
-                    let outcome = if inserted.contains(&p.job.event_id) { Enqueued::New } else { Enqueued::Duplicate };
+                    // The first delivery of a new id created its job; later copies of the same
+                    // id in this batch are duplicates.
+                    let outcome = if inserted.remove(&p.job.event_id) { Enqueued::New } else { Enqueued::Duplicate };
                     let _ = p.done.send(Ok(outcome));
                 }
-                metrics::histogram!("orgsync_ingest_batch_size").record(inserted.len() as f64);
-                let _ = started;
             }
             Err(e) => {
                 tracing::warn!(error = %e, deliveries = batch.len(), "enqueue failed; answering 503");
