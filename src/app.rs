@@ -29,6 +29,13 @@ pub struct ServeConfig {
     pub pool: PoolSettings,
     pub ingest: IngestSettings,
     pub worker_settings: WorkerSettings,
+    /// The Clerk Backend API, when a secret key is configured: enables the scheduled resync and
+    /// the self-heal of missing hotels.
+    pub clerk: Option<crate::cli::ClerkArgs>,
+    /// How often the scheduled resync runs; `None` disables it.
+    pub resync_interval: Option<std::time::Duration>,
+    /// Attempts after which a membership job's missing hotel is fetched from Clerk.
+    pub self_heal_after: i32,
 }
 
 /// A built service, its sockets bound, ready to run.
@@ -125,10 +132,27 @@ impl Application {
         tracing::info!(addr = %listener.local_addr()?, receiver = self.config.receiver, worker = self.config.worker, "orgsync serving");
         let main_server = tokio::spawn(serve(listener, main, cancel.clone()));
 
+        let clerk = match &self.config.clerk {
+            Some(args) => Some(crate::clerk::api::ClerkClient::from_args(args)?),
+            None => None,
+        };
         let worker = self.config.worker.then(|| {
-            let runner = Runner::new(self.pool.clone(), self.config.worker_settings.clone());
+            let mut runner = Runner::new(self.pool.clone(), self.config.worker_settings.clone());
+            if let Some(client) = &clerk {
+                runner = runner.with_heal(Arc::new(crate::resync::SelfHeal::new(
+                    self.pool.clone(),
+                    client.clone(),
+                    self.config.self_heal_after,
+                )));
+            }
             tokio::spawn(runner.run(cancel.clone()))
         });
+        let scheduler = match (&clerk, self.config.resync_interval) {
+            (Some(client), Some(interval)) => {
+                Some(tokio::spawn(crate::resync::schedule(self.pool.clone(), client.clone(), interval, cancel.clone())))
+            }
+            _ => None,
+        };
 
         main_server.await??;
         if let Some(s) = admin_server {
@@ -140,6 +164,9 @@ impl Application {
         }
         if let Some(w) = worker {
             let _ = w.await;
+        }
+        if let Some(s) = scheduler {
+            let _ = s.await;
         }
         tracing::info!("orgsync stopped");
         Ok(())

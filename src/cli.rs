@@ -28,6 +28,160 @@ pub enum Command {
     Serve(ServeArgs),
     /// Create the database if needed and apply the migrations, then exit.
     Migrate(DatabaseArgs),
+    /// Pull every organization, membership and user from the Clerk Backend API and converge
+    /// the rows to it.
+    Resync(ResyncArgs),
+    /// Summarise the job queue and the last resync; exits non-zero when a person is needed.
+    Status(StatusArgs),
+    /// Inspect jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Make chosen jobs (e.g. dead ones) run again with a fresh attempt budget.
+    Replay(ReplayArgs),
+    /// Sign a fixture event with the webhook secret and post it to a running receiver.
+    Send(SendArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClerkArgs {
+    /// Clerk Backend API base URL.
+    #[arg(long, env = "CLERK_API_URL", default_value = "https://api.clerk.com")]
+    pub clerk_api_url: String,
+    /// Clerk secret key (sk_live_... or sk_test_...). Without it, resync and self-heal are off.
+    #[arg(long, env = "CLERK_SECRET_KEY", hide_env_values = true)]
+    pub clerk_secret_key: Option<String>,
+    /// Most Clerk API requests per 10 seconds. Default: 1000 for sk_live_ keys, 100 otherwise
+    /// (Clerk's production and development limits).
+    #[arg(long, env = "CLERK_RATE_LIMIT")]
+    pub clerk_rate_limit: Option<u32>,
+    /// Timeout of one Clerk API request.
+    #[arg(long, env = "CLERK_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub clerk_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ResyncArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub clerk: ClerkArgs,
+    /// Print the difference and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// List the ids of what changes.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Apply deletes even when they exceed --mass-delete-threshold.
+    #[arg(long)]
+    pub allow_mass_delete: bool,
+    /// Largest share of live hotels a resync may delete without --allow-mass-delete.
+    #[arg(long, env = "ORGSYNC_MASS_DELETE_THRESHOLD", default_value_t = 0.10)]
+    pub mass_delete_threshold: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[arg(long)]
+    pub json: bool,
+    /// A due job older than this needs a person.
+    #[arg(long, env = "ORGSYNC_MAX_PENDING_AGE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub max_pending_age: Duration,
+}
+
+/// Job selectors shared by `jobs list` and `replay`; they combine (AND).
+#[derive(Debug, Clone, Default, Args)]
+pub struct JobFilter {
+    /// Only jobs in this state (available, done, dead, skipped).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only jobs of this event type, e.g. organizationMembership.created.
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// Only jobs received at or after this time (RFC 3339, or a duration ago such as 2h).
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only jobs received before this time (RFC 3339, or a duration ago such as 30m).
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// At most this many jobs (oldest first).
+    #[arg(long)]
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, oldest first.
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        filter: JobFilter,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job: payload, attempts, every recorded error, timestamps.
+    Show {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// A job id (repeatable).
+    #[arg(long = "job")]
+    pub jobs: Vec<i64>,
+    /// The svix-id of the delivery.
+    #[arg(long)]
+    pub event_id: Option<String>,
+    #[command(flatten)]
+    pub filter: JobFilter,
+    /// List what would be replayed and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SendArgs {
+    /// A fixture file, or the event type of a built-in fixture (e.g. organization.created).
+    pub fixture: Option<String>,
+    /// The event type of a built-in fixture (same as giving it as FIXTURE).
+    #[arg(long = "type", conflicts_with = "fixture")]
+    pub event_type: Option<String>,
+    /// The receiver's webhook URL.
+    #[arg(long, env = "ORGSYNC_SEND_URL", default_value = "http://127.0.0.1:8080/webhooks/clerk")]
+    pub url: String,
+    /// Secret to sign with; defaults to the first of CLERK_WEBHOOK_SECRET, else the secret the
+    /// service generated and stored in DATABASE_URL.
+    #[arg(long, env = "CLERK_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// The svix-id to send (default: a fresh random one).
+    #[arg(long)]
+    pub event_id: Option<String>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// Parses RFC 3339, or a duration (`2h`, `30m`) meaning that long ago.
+pub fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let ago = humantime::parse_duration(s).map_err(|_| format!("{s:?} is neither RFC 3339 nor a duration like 2h"))?;
+    let ago = chrono::Duration::from_std(ago).map_err(|e| e.to_string())?;
+    Ok(chrono::Utc::now() - ago)
 }
 
 #[derive(Debug, Clone, Args)]
@@ -65,6 +219,23 @@ pub struct ServeArgs {
     pub db_pool_size: u32,
     #[command(flatten)]
     pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub clerk: ClerkArgs,
+    /// How often to run the full resync (e.g. 24h), or `off`. Needs CLERK_SECRET_KEY.
+    #[arg(long, env = "ORGSYNC_RESYNC_INTERVAL", default_value = "24h", value_parser = parse_interval)]
+    pub resync_interval: Option<Duration>,
+    /// After this many attempts, a membership job whose hotel is missing makes the worker fetch
+    /// that organization from Clerk (needs CLERK_SECRET_KEY).
+    #[arg(long, env = "ORGSYNC_SELF_HEAL_AFTER", default_value_t = 3)]
+    pub self_heal_after: i32,
+}
+
+/// `off` (or `0`) disables; anything else is a duration.
+fn parse_interval(s: &str) -> Result<Option<Duration>, String> {
+    match s {
+        "off" | "0" | "" => Ok(None),
+        _ => humantime::parse_duration(s).map(Some).map_err(|e| e.to_string()),
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -123,6 +294,9 @@ impl ServeArgs {
             pool: PoolSettings { max_connections: self.db_pool_size, ..PoolSettings::default() },
             ingest: IngestSettings::default(),
             worker_settings: self.worker.settings(),
+            clerk: self.clerk.clerk_secret_key.is_some().then(|| self.clerk.clone()),
+            resync_interval: self.resync_interval,
+            self_heal_after: self.self_heal_after,
         }
     }
 }
@@ -145,5 +319,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("migrations applied");
             Ok(0)
         }
+        Command::Resync(args) => crate::resync::command(args).await,
+        Command::Status(args) => crate::ops::status(args).await,
+        Command::Jobs(JobsCommand::List { database, filter, json }) => crate::ops::jobs_list(database, filter, json).await,
+        Command::Jobs(JobsCommand::Show { database, id, json }) => crate::ops::jobs_show(database, id, json).await,
+        Command::Replay(args) => crate::ops::replay(args).await,
+        Command::Send(args) => crate::ops::send(args).await,
     }
 }

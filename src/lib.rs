@@ -8,6 +8,8 @@ pub mod cli;
 pub mod db;
 pub mod http;
 pub mod metrics;
+pub mod ops;
 pub mod queue;
 pub mod reconcile;
+pub mod resync;
 pub mod telemetry;

@@ -61,6 +61,9 @@ pub fn config(secrets: Option<&str>, worker: bool) -> ServeConfig {
         pool: PoolSettings::default(),
         ingest: IngestSettings::default(),
         worker_settings: fast_workers(),
+        clerk: None,
+        resync_interval: None,
+        self_heal_after: 3,
     }
 }
 
