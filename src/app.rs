@@ -87,20 +87,36 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let admin_listener = match config.admin_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?),
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding {addr}"))?,
+            ),
             None => None,
         };
-        Ok(Self { pool, listener: Some(listener), admin_listener, verifier, config })
+        Ok(Self {
+            pool,
+            listener: Some(listener),
+            admin_listener,
+            verifier,
+            config,
+        })
     }
 
     /// The bound port of the main listener.
     pub fn port(&self) -> u16 {
-        self.listener.as_ref().and_then(|l| l.local_addr().ok()).map_or(0, |a| a.port())
+        self.listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map_or(0, |a| a.port())
     }
 
     /// The bound port of the admin listener, when separate.
     pub fn admin_port(&self) -> Option<u16> {
-        self.admin_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port())
+        self.admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -112,14 +128,21 @@ impl Application {
     /// stop claiming and commit their current batch.
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         let metrics = crate::metrics::install();
-        let admin = admin_router(AdminState { pool: self.pool.clone(), metrics: Some(metrics) });
+        let admin = admin_router(AdminState {
+            pool: self.pool.clone(),
+            metrics: Some(metrics),
+        });
 
         let mut batchers = Vec::new();
         let mut main = axum::Router::new();
         if let Some(verifier) = self.verifier.take() {
             let (ingest, tasks) = Ingest::start(self.pool.clone(), self.config.ingest.clone());
             batchers = tasks;
-            main = main.merge(webhook_router(WebhookState { verifier, ingest, max_body: self.config.max_body }));
+            main = main.merge(webhook_router(WebhookState {
+                verifier,
+                ingest,
+                max_body: self.config.max_body,
+            }));
         }
         let admin_server = match self.admin_listener.take() {
             Some(l) => Some(tokio::spawn(serve(l, admin, cancel.clone()))),
@@ -148,9 +171,12 @@ impl Application {
             tokio::spawn(runner.run(cancel.clone()))
         });
         let scheduler = match (&clerk, self.config.resync_interval) {
-            (Some(client), Some(interval)) => {
-                Some(tokio::spawn(crate::resync::schedule(self.pool.clone(), client.clone(), interval, cancel.clone())))
-            }
+            (Some(client), Some(interval)) => Some(tokio::spawn(crate::resync::schedule(
+                self.pool.clone(),
+                client.clone(),
+                interval,
+                cancel.clone(),
+            ))),
             _ => None,
         };
 

@@ -13,7 +13,11 @@ use crate::queue::WorkerSettings;
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]
-#[command(name = "orgsync", version, about = "Keeps hotels, users and memberships in step with Clerk organizations")]
+#[command(
+    name = "orgsync",
+    version,
+    about = "Keeps hotels, users and memberships in step with Clerk organizations"
+)]
 pub struct Cli {
     /// Log format; JSON by default when stderr is not a terminal.
     #[arg(long, env = "ORGSYNC_LOG_FORMAT", global = true, value_enum)]
@@ -161,7 +165,11 @@ pub struct SendArgs {
     #[arg(long = "type", conflicts_with = "fixture")]
     pub event_type: Option<String>,
     /// The receiver's webhook URL.
-    #[arg(long, env = "ORGSYNC_SEND_URL", default_value = "http://127.0.0.1:8080/webhooks/clerk")]
+    #[arg(
+        long,
+        env = "ORGSYNC_SEND_URL",
+        default_value = "http://127.0.0.1:8080/webhooks/clerk"
+    )]
     pub url: String,
     /// Secret to sign with; defaults to the first of CLERK_WEBHOOK_SECRET, else the secret the
     /// service generated and stored in DATABASE_URL.
@@ -187,7 +195,12 @@ pub fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// Postgres URL; the database is created if it does not exist.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/orgsync", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/orgsync",
+        hide_env_values = true
+    )]
     pub database_url: String,
 }
 
@@ -291,7 +304,10 @@ impl ServeArgs {
             max_body: self.max_body,
             receiver: !self.no_receiver,
             worker: !self.no_worker,
-            pool: PoolSettings { max_connections: self.db_pool_size, ..PoolSettings::default() },
+            pool: PoolSettings {
+                max_connections: self.db_pool_size,
+                ..PoolSettings::default()
+            },
             ingest: IngestSettings::default(),
             worker_settings: self.worker.settings(),
             clerk: self.clerk.clerk_secret_key.is_some().then(|| self.clerk.clone()),
@@ -321,7 +337,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Resync(args) => crate::resync::command(args).await,
         Command::Status(args) => crate::ops::status(args).await,
-        Command::Jobs(JobsCommand::List { database, filter, json }) => crate::ops::jobs_list(database, filter, json).await,
+        Command::Jobs(JobsCommand::List { database, filter, json }) => {
+            crate::ops::jobs_list(database, filter, json).await
+        }
         Command::Jobs(JobsCommand::Show { database, id, json }) => crate::ops::jobs_show(database, id, json).await,
         Command::Replay(args) => crate::ops::replay(args).await,
         Command::Send(args) => crate::ops::send(args).await,

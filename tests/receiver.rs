@@ -45,21 +45,42 @@ fn svix_published_vectors_verify_and_tampering_does_not() {
         let verifier = WebhookVerifier::parse(&v.secret).unwrap();
         let h = headers(&v.msg_id, v.timestamp, &v.signature);
         assert_eq!(verifier.verify_ignoring_timestamp(&h, v.payload.as_bytes()), Ok(()));
-        assert_eq!(verifier.sign(&v.msg_id, v.timestamp, v.payload.as_bytes())["svix-signature"], v.signature);
+        assert_eq!(
+            verifier.sign(&v.msg_id, v.timestamp, v.payload.as_bytes())["svix-signature"],
+            v.signature
+        );
 
         let tampered_body = format!("{} ", v.payload);
-        assert_eq!(verifier.verify_ignoring_timestamp(&h, tampered_body.as_bytes()), Err(VerifyError::BadSignature));
+        assert_eq!(
+            verifier.verify_ignoring_timestamp(&h, tampered_body.as_bytes()),
+            Err(VerifyError::BadSignature)
+        );
         let tampered_id = headers(&format!("{}x", v.msg_id), v.timestamp, &v.signature);
-        assert_eq!(verifier.verify_ignoring_timestamp(&tampered_id, v.payload.as_bytes()), Err(VerifyError::BadSignature));
+        assert_eq!(
+            verifier.verify_ignoring_timestamp(&tampered_id, v.payload.as_bytes()),
+            Err(VerifyError::BadSignature)
+        );
         let tampered_ts = headers(&v.msg_id, v.timestamp + 1, &v.signature);
-        assert_eq!(verifier.verify_ignoring_timestamp(&tampered_ts, v.payload.as_bytes()), Err(VerifyError::BadSignature));
+        assert_eq!(
+            verifier.verify_ignoring_timestamp(&tampered_ts, v.payload.as_bytes()),
+            Err(VerifyError::BadSignature)
+        );
         let other = WebhookVerifier::parse(SECRET).unwrap();
-        assert_eq!(other.verify_ignoring_timestamp(&h, v.payload.as_bytes()), Err(VerifyError::BadSignature));
+        assert_eq!(
+            other.verify_ignoring_timestamp(&h, v.payload.as_bytes()),
+            Err(VerifyError::BadSignature)
+        );
         // A list of signatures verifies when any one of them matches.
         let several = headers(&v.msg_id, v.timestamp, &format!("v1,Zm9v {} v2,bar", v.signature));
-        assert_eq!(verifier.verify_ignoring_timestamp(&several, v.payload.as_bytes()), Ok(()));
+        assert_eq!(
+            verifier.verify_ignoring_timestamp(&several, v.payload.as_bytes()),
+            Ok(())
+        );
         // ...and the live check refuses them: their timestamps are years old.
-        assert_eq!(verifier.verify(&h, v.payload.as_bytes()), Err(VerifyError::BadSignature));
+        assert_eq!(
+            verifier.verify(&h, v.payload.as_bytes()),
+            Err(VerifyError::BadSignature)
+        );
     }
 }
 
@@ -82,7 +103,9 @@ fn every_fixture_is_a_clerk_envelope_of_a_handled_event() {
         let expected = match name.split('.').next_back().unwrap() {
             "deleted" => matches!(
                 event,
-                ClerkEvent::OrganizationDeleted { .. } | ClerkEvent::UserDeleted { .. } | ClerkEvent::MembershipDeleted { .. }
+                ClerkEvent::OrganizationDeleted { .. }
+                    | ClerkEvent::UserDeleted { .. }
+                    | ClerkEvent::MembershipDeleted { .. }
             ),
             _ => matches!(
                 event,
@@ -91,7 +114,9 @@ fn every_fixture_is_a_clerk_envelope_of_a_handled_event() {
         };
         assert!(expected, "{name} parsed as {event:?}");
     }
-    let ClerkEvent::UserUpserted(user) = ClerkEvent::parse("user.created", &fixture_json("user.created")).unwrap().unwrap()
+    let ClerkEvent::UserUpserted(user) = ClerkEvent::parse("user.created", &fixture_json("user.created"))
+        .unwrap()
+        .unwrap()
     else {
         unreachable!()
     };
@@ -107,8 +132,14 @@ async fn a_signed_event_is_stored_once_and_acknowledged(pool: PgPool) {
     let again = app.deliver("msg_one", &body).await;
     assert_eq!(again.status(), StatusCode::OK, "a retry is acknowledged");
     let (event_id, event_type, state, payload): (String, String, String, serde_json::Value) =
-        sqlx::query_as("select event_id, event_type, state, payload from jobs").fetch_one(&pool).await.unwrap();
-    assert_eq!((event_id.as_str(), event_type.as_str(), state.as_str()), ("msg_one", "organization.created", "available"));
+        sqlx::query_as("select event_id, event_type, state, payload from jobs")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (event_id.as_str(), event_type.as_str(), state.as_str()),
+        ("msg_one", "organization.created", "available")
+    );
     assert_eq!(payload, fixture_json("organization.created"));
     app.stop().await;
 }
@@ -141,10 +172,19 @@ async fn both_secrets_verify_during_rotation(pool: PgPool) {
     let body = fixture("user.created");
     let old = WebhookVerifier::parse(OLD_SECRET).unwrap();
     let new = WebhookVerifier::parse(SECRET).unwrap();
-    assert_eq!(app.deliver_signed(&old, "msg_old", now_secs(), &body).await.status(), StatusCode::ACCEPTED);
-    assert_eq!(app.deliver_signed(&new, "msg_new", now_secs(), &body).await.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        app.deliver_signed(&old, "msg_old", now_secs(), &body).await.status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        app.deliver_signed(&new, "msg_new", now_secs(), &body).await.status(),
+        StatusCode::ACCEPTED
+    );
     let stranger = WebhookVerifier::parse("whsec_c3RyYW5nZXItc2VjcmV0LTEyMzQ1Njc4").unwrap();
-    assert_eq!(app.deliver_signed(&stranger, "msg_x", now_secs(), &body).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.deliver_signed(&stranger, "msg_x", now_secs(), &body).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(job_count(&pool).await, 2);
 }
 
@@ -159,27 +199,52 @@ async fn bad_input_gets_its_status_and_stores_nothing(pool: PgPool) {
     for drop in ["svix-id", "svix-timestamp", "svix-signature"] {
         let mut h = signed.clone();
         h.remove(drop);
-        let r = app.client.post(&url).headers(h).body(body.clone()).send().await.unwrap();
+        let r = app
+            .client
+            .post(&url)
+            .headers(h)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "without {drop}");
     }
     let mut h = signed.clone();
     h.insert("svix-timestamp", "yesterday".parse().unwrap());
-    let r = app.client.post(&url).headers(h).body(body.clone()).send().await.unwrap();
+    let r = app
+        .client
+        .post(&url)
+        .headers(h)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
     // Not authentic: 401, with a short JSON error that does not echo the payload.
-    let r = app.client.post(&url).headers(signed.clone()).body(body.replace("Hotel", "Motel")).send().await.unwrap();
+    let r = app
+        .client
+        .post(&url)
+        .headers(signed.clone())
+        .body(body.replace("Hotel", "Motel"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let text = r.text().await.unwrap();
     assert!(text.len() < 200 && !text.contains("Motel"), "{text}");
     assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok());
     for skew in [-6 * 60, 6 * 60] {
-        let r = app.deliver_signed(&app.signer, "msg_skew", now_secs() + skew, &body).await;
+        let r = app
+            .deliver_signed(&app.signer, "msg_skew", now_secs() + skew, &body)
+            .await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "timestamp skewed by {skew}s");
     }
     // Within tolerance both ways: accepted (and removed below to keep the table empty).
     for skew in [-4 * 60, 4 * 60] {
-        let r = app.deliver_signed(&app.signer, &format!("msg_ok{skew}"), now_secs() + skew, &body).await;
+        let r = app
+            .deliver_signed(&app.signer, &format!("msg_ok{skew}"), now_secs() + skew, &body)
+            .await;
         assert_eq!(r.status(), StatusCode::ACCEPTED, "timestamp skewed by {skew}s");
     }
     sqlx::query("delete from jobs").execute(&pool).await.unwrap();
@@ -196,7 +261,10 @@ async fn bad_input_gets_its_status_and_stores_nothing(pool: PgPool) {
     }
 
     // Over the body limit (64 KiB in tests): 413.
-    let huge = format!(r#"{{"type":"user.created","object":"event","data":{{"pad":"{}"}}}}"#, "x".repeat(100 * 1024));
+    let huge = format!(
+        r#"{{"type":"user.created","object":"event","data":{{"pad":"{}"}}}}"#,
+        "x".repeat(100 * 1024)
+    );
     let r = app.deliver("msg_huge", &huge).await;
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
@@ -219,7 +287,10 @@ async fn an_oversized_body_is_refused_before_it_is_read(pool: PgPool) {
     stream.write_all(request.as_bytes()).await.unwrap();
     // 50 MiB announced, a few bytes sent: the answer must come without the rest of the body.
     let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.expect("answered early").unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("answered early")
+        .unwrap();
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     assert_eq!(job_count(&pool).await, 0);
@@ -230,7 +301,10 @@ async fn unhandled_event_types_are_acknowledged_and_stored_as_skipped(pool: PgPo
     let app = TestApp::receiver(pool.clone()).await;
     let body = r#"{"type":"session.created","object":"event","timestamp":1764000000,"data":{"id":"sess_1"}}"#;
     assert_eq!(app.deliver("msg_session", body).await.status(), StatusCode::ACCEPTED);
-    let state: String = sqlx::query_scalar("select state from jobs where event_id = 'msg_session'").fetch_one(&pool).await.unwrap();
+    let state: String = sqlx::query_scalar("select state from jobs where event_id = 'msg_session'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(state, "skipped");
 }
 
@@ -245,7 +319,11 @@ async fn database_down_answers_503_quickly(pool: PgPool) {
     let started = Instant::now();
     let r = app.deliver("msg_down", &fixture("user.created")).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
@@ -258,22 +336,37 @@ async fn readyz_is_ok_on_a_migrated_database(pool: PgPool) {
     let app = TestApp::receiver(pool.clone()).await;
     let r = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    sqlx::query("delete from _sqlx_migrations").execute(&pool).await.unwrap();
+    sqlx::query("delete from _sqlx_migrations")
+        .execute(&pool)
+        .await
+        .unwrap();
     let r = app.client.get(app.url("/readyz")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "not ready while migrations are missing");
+    assert_eq!(
+        r.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready while migrations are missing"
+    );
 }
 
 #[sqlx::test]
 async fn without_a_configured_secret_one_is_generated_once_and_kept(pool: PgPool) {
     let first = TestApp::spawn(pool.clone(), config(None, false)).await;
-    let stored: String = sqlx::query_scalar("select value from settings where key = 'webhook_secret'").fetch_one(&pool).await.unwrap();
+    let stored: String = sqlx::query_scalar("select value from settings where key = 'webhook_secret'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert!(stored.starts_with("whsec_"));
     first.stop().await;
     let second = TestApp::spawn(pool.clone(), config(None, false)).await;
-    let again: String = sqlx::query_scalar("select value from settings where key = 'webhook_secret'").fetch_one(&pool).await.unwrap();
+    let again: String = sqlx::query_scalar("select value from settings where key = 'webhook_secret'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(stored, again, "stable across restarts");
     let signer = WebhookVerifier::parse(&stored).unwrap();
-    let r = second.deliver_signed(&signer, "msg_gen", now_secs(), &fixture("user.created")).await;
+    let r = second
+        .deliver_signed(&signer, "msg_gen", now_secs(), &fixture("user.created"))
+        .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
 }
 
@@ -282,12 +375,20 @@ async fn serve_creates_a_missing_database_and_migrates_it(pool: PgPool) {
     let name = format!("orgsync_create_{}", std::process::id());
     let base = std::env::var("DATABASE_URL").unwrap();
     let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-    sqlx::query(&format!("drop database if exists {name}")).execute(&pool).await.unwrap();
+    sqlx::query(&format!("drop database if exists {name}"))
+        .execute(&pool)
+        .await
+        .unwrap();
     let mut cfg = config(Some(SECRET), false);
     cfg.database_url = url.clone();
-    let app = orgsync::app::Application::build(cfg).await.expect("builds against a missing database");
+    let app = orgsync::app::Application::build(cfg)
+        .await
+        .expect("builds against a missing database");
     assert!(orgsync::db::is_ready(app.pool()).await.unwrap());
     app.pool().close().await;
     drop(app);
-    sqlx::query(&format!("drop database {name} with (force)")).execute(&pool).await.unwrap();
+    sqlx::query(&format!("drop database {name} with (force)"))
+        .execute(&pool)
+        .await
+        .unwrap();
 }

@@ -220,10 +220,11 @@ impl ClerkEvent {
             event_type: &str,
             payload: &Value,
         ) -> Result<(T, Option<Millis>), EventParseError> {
-            let env: TypedEnvelope<T> = serde::Deserialize::deserialize(payload).map_err(|e| EventParseError::Shape {
-                event_type: event_type.to_owned(),
-                reason: e.to_string(),
-            })?;
+            let env: TypedEnvelope<T> =
+                serde::Deserialize::deserialize(payload).map_err(|e| EventParseError::Shape {
+                    event_type: event_type.to_owned(),
+                    reason: e.to_string(),
+                })?;
             Ok((env.data, env.timestamp.map(normalize_event_time)))
         }
         let need_time = |t: Option<Millis>| t.ok_or_else(|| EventParseError::MissingTimestamp(event_type.to_owned()));
@@ -232,12 +233,18 @@ impl ClerkEvent {
             "organization.created" | "organization.updated" => Self::OrganizationUpserted(data(event_type, payload)?.0),
             "organization.deleted" => {
                 let (d, t): (DeletedObject<HotelId>, _) = data(event_type, payload)?;
-                Self::OrganizationDeleted { id: d.id, at: need_time(t)? }
+                Self::OrganizationDeleted {
+                    id: d.id,
+                    at: need_time(t)?,
+                }
             }
             "user.created" | "user.updated" => Self::UserUpserted(data(event_type, payload)?.0),
             "user.deleted" => {
                 let (d, t): (DeletedObject<UserId>, _) = data(event_type, payload)?;
-                Self::UserDeleted { id: d.id, at: need_time(t)? }
+                Self::UserDeleted {
+                    id: d.id,
+                    at: need_time(t)?,
+                }
             }
             "organizationMembership.created" | "organizationMembership.updated" => {
                 Self::MembershipUpserted(data(event_type, payload)?.0)

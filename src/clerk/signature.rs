@@ -117,7 +117,9 @@ pub fn svix_headers(headers: &HeaderMap) -> Result<&str, VerifyError> {
             .ok_or(VerifyError::BadHeaders)
     };
     let id = get("svix-id")?;
-    get("svix-timestamp")?.parse::<i64>().map_err(|_| VerifyError::BadHeaders)?;
+    get("svix-timestamp")?
+        .parse::<i64>()
+        .map_err(|_| VerifyError::BadHeaders)?;
     get("svix-signature")?;
     if id.len() > 255 {
         return Err(VerifyError::BadHeaders);

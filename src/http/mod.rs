@@ -64,7 +64,10 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 }
 
 fn unavailable(reason: &'static str) -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "unavailable", "reason": reason })))
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({ "status": "unavailable", "reason": reason })),
+    )
         .into_response()
 }
 
@@ -73,5 +76,9 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         return (StatusCode::NOT_FOUND, "metrics are not enabled in this process").into_response();
     };
     crate::metrics::refresh_gauges(&state.pool).await;
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
 }

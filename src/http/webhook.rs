@@ -1,11 +1,11 @@
 //! `POST /webhooks/clerk`: verify, store durably, then acknowledge.
 
 use axum::body::Body;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::WebhookState;
 use crate::clerk::events::is_handled;
@@ -64,14 +64,22 @@ impl IntoResponse for ReceiveError {
             tracing::info!(reason = self.reason(), error = %self, "delivery refused");
         }
         // The message never quotes the body: errors here are built without it.
-        (status, Json(serde_json::json!({ "error": self.reason(), "message": self.to_string() }))).into_response()
+        (
+            status,
+            Json(serde_json::json!({ "error": self.reason(), "message": self.to_string() })),
+        )
+            .into_response()
     }
 }
 
 /// Verifies the Svix signature over the raw body, checks the Clerk envelope, and answers 2xx
 /// only once the event is committed (or was already stored under the same `svix-id`).
 #[tracing::instrument(name = "webhook", skip_all, fields(event_id, event_type))]
-pub async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: Body) -> Result<Response, ReceiveError> {
+pub async fn receive(
+    State(state): State<WebhookState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ReceiveError> {
     let announced = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -84,7 +92,13 @@ pub async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body
     let body = Limited::new(body, state.max_body)
         .collect()
         .await
-        .map_err(|e| if e.is::<LengthLimitError>() { ReceiveError::TooLarge(state.max_body) } else { ReceiveError::BodyRead })?
+        .map_err(|e| {
+            if e.is::<LengthLimitError>() {
+                ReceiveError::TooLarge(state.max_body)
+            } else {
+                ReceiveError::BodyRead
+            }
+        })?
         .to_bytes();
     let event_id = svix_headers(&headers)?.to_owned();
     tracing::Span::current().record("event_id", event_id.as_str());
@@ -96,7 +110,12 @@ pub async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body
     let payload = String::from_utf8(body.to_vec()).map_err(|_| VerifyError::BodyNotUtf8)?;
     let outcome = state
         .ingest
-        .enqueue(NewJob { event_id, event_type: envelope.event_type, payload, skipped })
+        .enqueue(NewJob {
+            event_id,
+            event_type: envelope.event_type,
+            payload,
+            skipped,
+        })
         .await?;
     let label = match (outcome, skipped) {
         (Enqueued::Duplicate, _) => "duplicate",
@@ -105,6 +124,10 @@ pub async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body
     };
     metrics::counter!("orgsync_webhook_deliveries_total", "outcome" => label, "reason" => "").increment(1);
     tracing::debug!(outcome = label, "delivery stored");
-    let status = if outcome == Enqueued::New { StatusCode::ACCEPTED } else { StatusCode::OK };
+    let status = if outcome == Enqueued::New {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(serde_json::json!({ "status": label }))).into_response())
 }

@@ -67,7 +67,11 @@ pub struct IngestSettings {
 
 impl Default for IngestSettings {
     fn default() -> Self {
-        Self { batchers: 2, max_batch: 512, timeout: Duration::from_secs(5) }
+        Self {
+            batchers: 2,
+            max_batch: 512,
+            timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -80,7 +84,13 @@ impl Ingest {
         let tasks = (0..settings.batchers.max(1))
             .map(|_| tokio::spawn(batcher(pool.clone(), rx.clone(), settings.max_batch)))
             .collect();
-        (Self { tx, timeout: settings.timeout }, tasks)
+        (
+            Self {
+                tx,
+                timeout: settings.timeout,
+            },
+            tasks,
+        )
     }
 
     /// Ok once the job is committed (new or duplicate); Err when it was not (the caller must
@@ -92,7 +102,9 @@ impl Ingest {
             send.await.map_err(|_| IngestError::ShuttingDown)?;
             rx.await.map_err(|_| IngestError::ShuttingDown)?
         };
-        tokio::time::timeout(self.timeout, wait).await.map_err(|_| IngestError::Timeout)?
+        tokio::time::timeout(self.timeout, wait)
+            .await
+            .map_err(|_| IngestError::Timeout)?
     }
 }
 
@@ -116,7 +128,11 @@ async fn batcher(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batc
                 for p in batch.drain(..) {
                     // The first delivery of a new id created its job; later copies of the same
                     // id in this batch are duplicates.
-                    let outcome = if inserted.remove(&p.job.event_id) { Enqueued::New } else { Enqueued::Duplicate };
+                    let outcome = if inserted.remove(&p.job.event_id) {
+                        Enqueued::New
+                    } else {
+                        Enqueued::Duplicate
+                    };
                     let _ = p.done.send(Ok(outcome));
                 }
             }
@@ -162,7 +178,9 @@ async fn insert_batch(pool: &PgPool, batch: &[Pending]) -> Result<std::collectio
     .fetch_all(&mut *tx)
     .await?;
     if skipped.iter().zip(&ids).any(|(s, id)| !s && inserted.contains(id)) {
-        sqlx::query!("select pg_notify($1, '')", NOTIFY_CHANNEL).execute(&mut *tx).await?;
+        sqlx::query!("select pg_notify($1, '')", NOTIFY_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(inserted.into_iter().collect())

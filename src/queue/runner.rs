@@ -85,7 +85,11 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(pool: PgPool, settings: WorkerSettings) -> Self {
-        Self { pool, settings, heal: None }
+        Self {
+            pool,
+            settings,
+            heal: None,
+        }
     }
 
     /// Hands missing hotels to `heal` after each batch.
@@ -176,7 +180,10 @@ pub async fn run_batch(pool: &PgPool, settings: &WorkerSettings) -> Result<Batch
     .fetch_all(&mut *tx)
     .await?;
 
-    let mut report = BatchReport { claimed: jobs.len(), ..Default::default() };
+    let mut report = BatchReport {
+        claimed: jobs.len(),
+        ..Default::default()
+    };
     if jobs.is_empty() {
         tx.commit().await?;
         return Ok(report);
@@ -217,11 +224,13 @@ pub async fn run_batch(pool: &PgPool, settings: &WorkerSettings) -> Result<Batch
         match outcome {
             Outcome::Done(applied) => {
                 tracing::debug!(?applied, "applied");
-                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "done").increment(1);
+                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "done")
+                    .increment(1);
                 done.push(job.id);
             }
             Outcome::Skipped => {
-                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "skipped").increment(1);
+                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "skipped")
+                    .increment(1);
                 sqlx::query!(
                     "update jobs set state = 'skipped', attempts = attempts + 1, done_at = now(), updated_at = now() where id = $1",
                     job.id
@@ -231,7 +240,8 @@ pub async fn run_batch(pool: &PgPool, settings: &WorkerSettings) -> Result<Batch
             }
             Outcome::Permanent(error) => {
                 tracing::warn!(%error, "permanent failure; job is dead");
-                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "dead").increment(1);
+                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "dead")
+                    .increment(1);
                 record_failure(&mut tx, job.id, attempt, &error, None, None).await?;
                 report.dead += 1;
             }
@@ -248,7 +258,8 @@ pub async fn run_batch(pool: &PgPool, settings: &WorkerSettings) -> Result<Batch
                     report.retried += 1;
                 }
                 let outcome = if dead { "dead" } else { "retry" };
-                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => outcome).increment(1);
+                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => outcome)
+                    .increment(1);
                 record_failure(&mut tx, job.id, attempt, &message, delay, waiting_for.as_ref()).await?;
                 if let (Some(hotel), false) = (waiting_for, dead) {
                     report.missing_hotels.push((hotel, attempt));

@@ -32,7 +32,10 @@ pub fn fixture_json(name: &str) -> serde_json::Value {
 }
 
 pub fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 /// Worker settings small enough for tests: fast polling, short retries.
@@ -89,7 +92,9 @@ impl TestApp {
     }
 
     pub async fn spawn(pool: PgPool, config: ServeConfig) -> Self {
-        let app = Application::build_with_pool(config, pool.clone()).await.expect("app builds");
+        let app = Application::build_with_pool(config, pool.clone())
+            .await
+            .expect("app builds");
         let addr = SocketAddr::from(([127, 0, 0, 1], app.port()));
         let cancel = CancellationToken::new();
         let handle = tokio::spawn(app.run(cancel.clone()));
@@ -140,7 +145,10 @@ impl TestApp {
 }
 
 pub async fn job_count(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("select count(*) from jobs").fetch_one(pool).await.unwrap()
+    sqlx::query_scalar("select count(*) from jobs")
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 /// Waits until `sql` (a query returning one boolean) is true, or panics after `timeout`.
