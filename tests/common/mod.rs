@@ -177,3 +177,105 @@ pub fn with_data(fixture_name: &str, edit: impl FnOnce(&mut serde_json::Value)) 
     edit(&mut v);
     v.to_string()
 }
+
+/// Builders of Clerk events in the fixtures' exact shapes, with the ids, names and times a test
+/// chooses. `ts` is the envelope timestamp, passed through as given (seconds or milliseconds).
+pub mod events {
+    use super::fixture_json;
+    use serde_json::{json, Value};
+
+    fn envelope(kind: &str, ts: i64, edit: impl FnOnce(&mut Value)) -> Value {
+        let mut v = fixture_json(kind);
+        v["timestamp"] = json!(ts);
+        edit(&mut v["data"]);
+        v
+    }
+
+    pub fn organization(kind: &str, id: &str, name: &str, created: i64, updated: i64, ts: i64) -> Value {
+        envelope(kind, ts, |d| {
+            d["id"] = json!(id);
+            d["name"] = json!(name);
+            d["slug"] = json!(name.to_lowercase().replace(' ', "-"));
+            d["created_at"] = json!(created);
+            d["updated_at"] = json!(updated);
+        })
+    }
+
+    pub fn organization_deleted(id: &str, ts: i64) -> Value {
+        envelope("organization.deleted", ts, |d| d["id"] = json!(id))
+    }
+
+    pub fn user(kind: &str, id: &str, first_name: &str, email: &str, created: i64, updated: i64, ts: i64) -> Value {
+        envelope(kind, ts, |d| {
+            d["id"] = json!(id);
+            d["first_name"] = json!(first_name);
+            let email_id = format!("idn_{}", id.trim_start_matches("user_"));
+            d["primary_email_address_id"] = json!(email_id);
+            d["email_addresses"][0]["id"] = json!(email_id);
+            d["email_addresses"][0]["email_address"] = json!(email);
+            d["created_at"] = json!(created);
+            d["updated_at"] = json!(updated);
+        })
+    }
+
+    pub fn user_deleted(id: &str, ts: i64) -> Value {
+        envelope("user.deleted", ts, |d| d["id"] = json!(id))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn membership(
+        kind: &str,
+        id: &str,
+        org: &str,
+        user: &str,
+        role: &str,
+        created: i64,
+        updated: i64,
+        ts: i64,
+    ) -> Value {
+        envelope(kind, ts, |d| {
+            d["id"] = json!(id);
+            d["role"] = json!(role);
+            d["organization"]["id"] = json!(org);
+            d["public_user_data"]["user_id"] = json!(user);
+            d["public_user_data"]["first_name"] = json!(format!("stub-{user}"));
+            d["public_user_data"]["identifier"] = json!(format!("{user}@stub.test"));
+            d["created_at"] = json!(created);
+            d["updated_at"] = json!(updated);
+        })
+    }
+
+    pub fn kind(v: &Value) -> String {
+        v["type"].as_str().unwrap().to_owned()
+    }
+}
+
+/// Inserts a job directly, as the receiver would have stored it.
+pub async fn insert_job(pool: &PgPool, event_id: &str, event: &serde_json::Value) -> i64 {
+    sqlx::query_scalar("insert into jobs (event_id, event_type, payload) values ($1, $2, $3) returning id")
+        .bind(event_id)
+        .bind(event["type"].as_str().unwrap())
+        .bind(event)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Runs batches until no job is due; panics if that takes more than `max_batches`.
+pub async fn drain(pool: &PgPool, settings: &WorkerSettings, max_batches: usize) {
+    for _ in 0..max_batches {
+        let report = orgsync::queue::runner::run_batch(pool, settings).await.unwrap();
+        if report.claimed == 0 {
+            return;
+        }
+    }
+    panic!("queue not drained after {max_batches} batches");
+}
+
+pub async fn job_state(pool: &PgPool, event_id: &str) -> (String, i32, Option<String>) {
+    sqlx::query_as("select state, attempts, last_error from jobs where event_id = $1")
+        .bind(event_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
