@@ -44,6 +44,16 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Sign a fixture event with the webhook secret and post it to a running receiver.
     Send(SendArgs),
+    /// Exit 0 when a running orgsync answers /healthz (for container health checks).
+    Healthcheck {
+        /// The health endpoint to probe.
+        #[arg(
+            long,
+            env = "ORGSYNC_HEALTHCHECK_URL",
+            default_value = "http://127.0.0.1:8080/healthz"
+        )]
+        url: String,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -236,18 +246,24 @@ pub struct ServeArgs {
     pub clerk: ClerkArgs,
     /// How often to run the full resync (e.g. 24h), or `off`. Needs CLERK_SECRET_KEY.
     #[arg(long, env = "ORGSYNC_RESYNC_INTERVAL", default_value = "24h", value_parser = parse_interval)]
-    pub resync_interval: Option<Duration>,
+    pub resync_interval: Interval,
     /// After this many attempts, a membership job whose hotel is missing makes the worker fetch
     /// that organization from Clerk (needs CLERK_SECRET_KEY).
     #[arg(long, env = "ORGSYNC_SELF_HEAL_AFTER", default_value_t = 3)]
     pub self_heal_after: i32,
 }
 
-/// `off` (or `0`) disables; anything else is a duration.
-fn parse_interval(s: &str) -> Result<Option<Duration>, String> {
+/// A schedule period that can be switched off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval(pub Option<Duration>);
+
+/// `off` (or `0`) disables; anything else is a duration such as `24h`.
+fn parse_interval(s: &str) -> Result<Interval, String> {
     match s {
-        "off" | "0" | "" => Ok(None),
-        _ => humantime::parse_duration(s).map(Some).map_err(|e| e.to_string()),
+        "off" | "0" | "" => Ok(Interval(None)),
+        _ => humantime::parse_duration(s)
+            .map(|d| Interval(Some(d)))
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -311,7 +327,7 @@ impl ServeArgs {
             ingest: IngestSettings::default(),
             worker_settings: self.worker.settings(),
             clerk: self.clerk.clerk_secret_key.is_some().then(|| self.clerk.clone()),
-            resync_interval: self.resync_interval,
+            resync_interval: self.resync_interval.0,
             self_heal_after: self.self_heal_after,
         }
     }
@@ -343,5 +359,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Jobs(JobsCommand::Show { database, id, json }) => crate::ops::jobs_show(database, id, json).await,
         Command::Replay(args) => crate::ops::replay(args).await,
         Command::Send(args) => crate::ops::send(args).await,
+        Command::Healthcheck { url } => {
+            let ok = reqwest::Client::new()
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            Ok(if ok { 0 } else { 1 })
+        }
     }
 }

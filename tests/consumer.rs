@@ -44,37 +44,89 @@ async fn membership_row(pool: &PgPool, hotel: &str, user: &str) -> Option<(Strin
 #[sqlx::test]
 async fn fixture_events_delivered_over_http_become_rows(pool: PgPool) {
     let app = TestApp::full(pool.clone()).await;
-    for (i, name) in ["organization.created", "user.created", "organizationMembership.created"].iter().enumerate() {
-        assert!(app.deliver(&format!("msg_{i}"), &fixture(name)).await.status().is_success());
+    for (i, name) in ["organization.created", "user.created", "organizationMembership.created"]
+        .iter()
+        .enumerate()
+    {
+        assert!(app
+            .deliver(&format!("msg_{i}"), &fixture(name))
+            .await
+            .status()
+            .is_success());
     }
-    wait_until(&pool, "select count(*) = 3 from jobs where state = 'done'", Duration::from_secs(10)).await;
-    assert_eq!(hotel(&pool, H).await, Some(("Hotel Alpine".into(), 1_764_000_120_000, false)));
+    wait_until(
+        &pool,
+        "select count(*) = 3 from jobs where state = 'done'",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        hotel(&pool, H).await,
+        Some(("Hotel Alpine".into(), 1_764_000_120_000, false))
+    );
     let (email, first, _, deleted) = user_row(&pool, U).await.unwrap();
-    assert_eq!((email.as_deref(), first.as_deref(), deleted), (Some("maria.rossi@example.com"), Some("Maria"), false));
-    assert_eq!(membership_row(&pool, H, U).await, Some((M.into(), "org:admin".into(), false)));
+    assert_eq!(
+        (email.as_deref(), first.as_deref(), deleted),
+        (Some("maria.rossi@example.com"), Some("Maria"), false)
+    );
+    assert_eq!(
+        membership_row(&pool, H, U).await,
+        Some((M.into(), "org:admin".into(), false))
+    );
 
     // Then the rest of the fixture story: updates, and deletes that end the membership.
-    for (i, name) in ["organizationMembership.updated", "organization.updated", "user.updated"].iter().enumerate() {
+    for (i, name) in ["organizationMembership.updated", "organization.updated", "user.updated"]
+        .iter()
+        .enumerate()
+    {
         app.deliver(&format!("msg_u{i}"), &fixture(name)).await;
     }
-    wait_until(&pool, "select count(*) = 6 from jobs where state = 'done'", Duration::from_secs(10)).await;
+    wait_until(
+        &pool,
+        "select count(*) = 6 from jobs where state = 'done'",
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(membership_row(&pool, H, U).await.unwrap().1, "org:member");
     app.deliver("msg_del", &fixture("organization.deleted")).await;
-    wait_until(&pool, "select count(*) = 7 from jobs where state = 'done'", Duration::from_secs(10)).await;
+    wait_until(
+        &pool,
+        "select count(*) = 7 from jobs where state = 'done'",
+        Duration::from_secs(10),
+    )
+    .await;
     assert!(hotel(&pool, H).await.unwrap().2);
-    assert!(membership_row(&pool, H, U).await.unwrap().2, "deleting a hotel ends its memberships");
+    assert!(
+        membership_row(&pool, H, U).await.unwrap().2,
+        "deleting a hotel ends its memberships"
+    );
     app.stop().await;
 }
 
 #[sqlx::test]
 async fn an_older_event_never_overwrites_a_newer_one(pool: PgPool) {
     let s = fast_workers();
-    insert_job(&pool, "new", &organization("organization.updated", H, "Newer", T0, T0 + 500, 1)).await;
-    insert_job(&pool, "old", &organization("organization.created", H, "Older", T0, T0, 1)).await;
+    insert_job(
+        &pool,
+        "new",
+        &organization("organization.updated", H, "Newer", T0, T0 + 500, 1),
+    )
+    .await;
+    insert_job(
+        &pool,
+        "old",
+        &organization("organization.created", H, "Older", T0, T0, 1),
+    )
+    .await;
     drain(&pool, &s, 5).await;
     assert_eq!(hotel(&pool, H).await, Some(("Newer".into(), T0 + 500, false)));
 
-    insert_job(&pool, "u-new", &user("user.updated", U, "New", "new@x.test", T0, T0 + 9, 1)).await;
+    insert_job(
+        &pool,
+        "u-new",
+        &user("user.updated", U, "New", "new@x.test", T0, T0 + 9, 1),
+    )
+    .await;
     insert_job(&pool, "u-old", &user("user.created", U, "Old", "old@x.test", T0, T0, 1)).await;
     drain(&pool, &s, 5).await;
     assert_eq!(user_row(&pool, U).await.unwrap().1.as_deref(), Some("New"));
@@ -84,29 +136,98 @@ async fn an_older_event_never_overwrites_a_newer_one(pool: PgPool) {
 async fn tombstones_are_final_for_hotels_users_and_memberships(pool: PgPool) {
     let s = fast_workers();
     insert_job(&pool, "hd", &organization_deleted(H, 1_764_000_500)).await; // seconds
-    insert_job(&pool, "hc", &organization("organization.created", H, "Back?", T0, T0 + 900_000, 1)).await;
+    insert_job(
+        &pool,
+        "hc",
+        &organization("organization.created", H, "Back?", T0, T0 + 900_000, 1),
+    )
+    .await;
     insert_job(&pool, "ud", &user_deleted(U, T0 + 500_000)).await; // milliseconds
-    insert_job(&pool, "uc", &user("user.created", U, "Back?", "b@x.test", T0, T0 + 900_000, 1)).await;
+    insert_job(
+        &pool,
+        "uc",
+        &user("user.created", U, "Back?", "b@x.test", T0, T0 + 900_000, 1),
+    )
+    .await;
     drain(&pool, &s, 5).await;
     let h = hotel(&pool, H).await.unwrap();
     assert!(h.2, "a late created does not resurrect a deleted hotel");
-    assert_eq!(h.1, 1_764_000_500_000, "the delete's version is its event time, normalised to ms");
+    assert_eq!(
+        h.1, 1_764_000_500_000,
+        "the delete's version is its event time, normalised to ms"
+    );
     assert!(user_row(&pool, U).await.unwrap().3, "nor a deleted user");
 
     let h2 = "org_2second000000000000000001";
     let u2 = "user_2second00000000000000001";
-    insert_job(&pool, "h2", &organization("organization.created", h2, "Second", T0, T0, 1)).await;
-    insert_job(&pool, "md", &membership("organizationMembership.deleted", M, h2, u2, "org:member", T0, T0 + 10, T0 + 20)).await;
-    insert_job(&pool, "mc", &membership("organizationMembership.created", M, h2, u2, "org:admin", T0, T0 + 30, T0)).await;
+    insert_job(
+        &pool,
+        "h2",
+        &organization("organization.created", h2, "Second", T0, T0, 1),
+    )
+    .await;
+    insert_job(
+        &pool,
+        "md",
+        &membership(
+            "organizationMembership.deleted",
+            M,
+            h2,
+            u2,
+            "org:member",
+            T0,
+            T0 + 10,
+            T0 + 20,
+        ),
+    )
+    .await;
+    insert_job(
+        &pool,
+        "mc",
+        &membership(
+            "organizationMembership.created",
+            M,
+            h2,
+            u2,
+            "org:admin",
+            T0,
+            T0 + 30,
+            T0,
+        ),
+    )
+    .await;
     drain(&pool, &s, 5).await;
-    assert!(membership_row(&pool, h2, u2).await.unwrap().2, "nor a deleted membership");
+    assert!(
+        membership_row(&pool, h2, u2).await.unwrap().2,
+        "nor a deleted membership"
+    );
 
     // A new invitation of the same person is a different, newer membership: it is live.
     let again = "orgmem_2again000000000000000001";
-    insert_job(&pool, "m2", &membership("organizationMembership.created", again, h2, u2, "org:member", T0 + 50, T0 + 50, T0)).await;
+    insert_job(
+        &pool,
+        "m2",
+        &membership(
+            "organizationMembership.created",
+            again,
+            h2,
+            u2,
+            "org:member",
+            T0 + 50,
+            T0 + 50,
+            T0,
+        ),
+    )
+    .await;
     drain(&pool, &s, 5).await;
-    assert_eq!(membership_row(&pool, h2, u2).await, Some((again.into(), "org:member".into(), false)));
-    let states: Vec<String> = sqlx::query_scalar("select distinct state from jobs").fetch_all(&pool).await.unwrap();
+    assert_eq!(
+        membership_row(&pool, h2, u2).await,
+        Some((again.into(), "org:member".into(), false))
+    );
+    let states: Vec<String> = sqlx::query_scalar("select distinct state from jobs")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     assert_eq!(states, vec!["done".to_owned()]);
 }
 
@@ -114,16 +235,29 @@ async fn tombstones_are_final_for_hotels_users_and_memberships(pool: PgPool) {
 async fn deleting_a_user_ends_their_memberships(pool: PgPool) {
     let s = fast_workers();
     insert_job(&pool, "h", &organization("organization.created", H, "A", T0, T0, 1)).await;
-    insert_job(&pool, "m", &membership("organizationMembership.created", M, H, U, "org:admin", T0, T0, 1)).await;
+    insert_job(
+        &pool,
+        "m",
+        &membership("organizationMembership.created", M, H, U, "org:admin", T0, T0, 1),
+    )
+    .await;
     drain(&pool, &s, 5).await;
     insert_job(&pool, "ud", &user_deleted(U, T0 + 5)).await;
     drain(&pool, &s, 5).await;
     assert!(membership_row(&pool, H, U).await.unwrap().2);
     // A late membership event for the deleted user is obsolete: done, no effect.
-    insert_job(&pool, "m-late", &membership("organizationMembership.updated", M, H, U, "org:member", T0, T0 + 9, 1)).await;
+    insert_job(
+        &pool,
+        "m-late",
+        &membership("organizationMembership.updated", M, H, U, "org:member", T0, T0 + 9, 1),
+    )
+    .await;
     drain(&pool, &s, 5).await;
     assert_eq!(job_state(&pool, "m-late").await.0, "done");
-    assert_eq!(membership_row(&pool, H, U).await, Some((M.into(), "org:admin".into(), true)));
+    assert_eq!(
+        membership_row(&pool, H, U).await,
+        Some((M.into(), "org:admin".into(), true))
+    );
 }
 
 #[sqlx::test]
@@ -131,20 +265,51 @@ async fn a_membership_stub_user_never_overwrites_user_event_data(pool: PgPool) {
     let s = fast_workers();
     insert_job(&pool, "h", &organization("organization.created", H, "A", T0, T0, 1)).await;
     insert_job(&pool, "u", &user("user.created", U, "Maria", "maria@x.test", T0, T0, 1)).await;
-    insert_job(&pool, "m", &membership("organizationMembership.created", M, H, U, "admin", T0, T0, 1)).await;
+    insert_job(
+        &pool,
+        "m",
+        &membership("organizationMembership.created", M, H, U, "admin", T0, T0, 1),
+    )
+    .await;
     drain(&pool, &s, 5).await;
     let (email, first, version, _) = user_row(&pool, U).await.unwrap();
-    assert_eq!((email.as_deref(), first.as_deref(), version), (Some("maria@x.test"), Some("Maria"), T0));
-    assert_eq!(membership_row(&pool, H, U).await.unwrap().1, "org:admin", "legacy role key normalised");
+    assert_eq!(
+        (email.as_deref(), first.as_deref(), version),
+        (Some("maria@x.test"), Some("Maria"), T0)
+    );
+    assert_eq!(
+        membership_row(&pool, H, U).await.unwrap().1,
+        "org:admin",
+        "legacy role key normalised"
+    );
 
     // The other order: the stub comes first, and the user event replaces it.
     let u2 = "user_2late00000000000000000001";
-    insert_job(&pool, "m2", &membership("organizationMembership.created", "orgmem_2x", H, u2, "basic_member", T0, T0, 1)).await;
+    insert_job(
+        &pool,
+        "m2",
+        &membership(
+            "organizationMembership.created",
+            "orgmem_2x",
+            H,
+            u2,
+            "basic_member",
+            T0,
+            T0,
+            1,
+        ),
+    )
+    .await;
     drain(&pool, &s, 5).await;
     let (email, _, version, _) = user_row(&pool, u2).await.unwrap();
     assert_eq!((email.as_deref(), version), (Some(&*format!("{u2}@stub.test")), 0));
     assert_eq!(membership_row(&pool, H, u2).await.unwrap().1, "org:member");
-    insert_job(&pool, "u2", &user("user.created", u2, "Late", "late@x.test", T0, T0 + 1, 1)).await;
+    insert_job(
+        &pool,
+        "u2",
+        &user("user.created", u2, "Late", "late@x.test", T0, T0 + 1, 1),
+    )
+    .await;
     drain(&pool, &s, 5).await;
     assert_eq!(user_row(&pool, u2).await.unwrap().0.as_deref(), Some("late@x.test"));
 }
@@ -154,21 +319,35 @@ async fn a_membership_before_its_hotel_retries_then_applies_once_the_hotel_arriv
     let mut s = fast_workers();
     s.retry_base = Duration::from_secs(60); // a long backoff: only the wake-up can make it prompt
     s.retry_cap = Duration::from_secs(60);
-    insert_job(&pool, "m", &membership("organizationMembership.created", M, H, U, "org:admin", T0, T0, 1)).await;
+    insert_job(
+        &pool,
+        "m",
+        &membership("organizationMembership.created", M, H, U, "org:admin", T0, T0, 1),
+    )
+    .await;
     let report = run_batch(&pool, &s).await.unwrap();
     assert_eq!((report.claimed, report.retried), (1, 1));
     let (state, attempts, error) = job_state(&pool, "m").await;
     assert_eq!((state.as_str(), attempts), ("available", 1));
     assert!(error.unwrap().contains(H));
-    let waiting: Option<String> =
-        sqlx::query_scalar("select waiting_for from jobs where event_id = 'm'").fetch_one(&pool).await.unwrap();
+    let waiting: Option<String> = sqlx::query_scalar("select waiting_for from jobs where event_id = 'm'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(waiting.as_deref(), Some(H));
     assert!(membership_row(&pool, H, U).await.is_none());
 
     insert_job(&pool, "h", &organization("organization.created", H, "A", T0, T0, 1)).await;
     drain(&pool, &s, 5).await;
-    assert_eq!(job_state(&pool, "m").await.0, "done", "applying the hotel made the waiting membership due");
-    assert_eq!(membership_row(&pool, H, U).await, Some((M.into(), "org:admin".into(), false)));
+    assert_eq!(
+        job_state(&pool, "m").await.0,
+        "done",
+        "applying the hotel made the waiting membership due"
+    );
+    assert_eq!(
+        membership_row(&pool, H, U).await,
+        Some((M.into(), "org:admin".into(), false))
+    );
 }
 
 #[sqlx::test]
@@ -177,7 +356,12 @@ async fn a_membership_of_a_deleted_hotel_completes_without_effect(pool: PgPool) 
     insert_job(&pool, "h", &organization("organization.created", H, "A", T0, T0, 1)).await;
     insert_job(&pool, "hd", &organization_deleted(H, T0 + 10)).await;
     drain(&pool, &s, 5).await;
-    insert_job(&pool, "m", &membership("organizationMembership.created", M, H, U, "org:admin", T0, T0 + 1, 1)).await;
+    insert_job(
+        &pool,
+        "m",
+        &membership("organizationMembership.created", M, H, U, "org:admin", T0, T0 + 1, 1),
+    )
+    .await;
     drain(&pool, &s, 5).await;
     assert_eq!(job_state(&pool, "m").await, ("done".into(), 1, None));
     assert!(membership_row(&pool, H, U).await.is_none());
@@ -189,14 +373,26 @@ async fn retryable_failures_dead_letter_after_max_attempts_keeping_every_error(p
     let mut s = fast_workers();
     s.retry_base = Duration::ZERO;
     s.max_attempts = 4;
-    insert_job(&pool, "m", &membership("organizationMembership.created", M, H, U, "org:admin", T0, T0, 1)).await;
+    insert_job(
+        &pool,
+        "m",
+        &membership("organizationMembership.created", M, H, U, "org:admin", T0, T0, 1),
+    )
+    .await;
     drain(&pool, &s, 10).await;
     let (state, attempts, error) = job_state(&pool, "m").await;
     assert_eq!((state.as_str(), attempts), ("dead", 4));
     assert!(error.unwrap().contains("does not exist yet"));
-    let errors: serde_json::Value =
-        sqlx::query_scalar("select errors from jobs where event_id = 'm'").fetch_one(&pool).await.unwrap();
-    let attempts: Vec<i64> = errors.as_array().unwrap().iter().map(|e| e["attempt"].as_i64().unwrap()).collect();
+    let errors: serde_json::Value = sqlx::query_scalar("select errors from jobs where event_id = 'm'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let attempts: Vec<i64> = errors
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["attempt"].as_i64().unwrap())
+        .collect();
     assert_eq!(attempts, vec![1, 2, 3, 4]);
 }
 
@@ -210,7 +406,9 @@ async fn a_poison_job_is_dead_at_once_and_the_queue_keeps_moving(pool: PgPool) {
     drain(&pool, &s, 5).await;
     let (state, attempts, error) = job_state(&pool, "poison").await;
     assert_eq!((state.as_str(), attempts), ("dead", 1));
-    assert!(error.unwrap().contains("organization.created payload does not match its shape"));
+    assert!(error
+        .unwrap()
+        .contains("organization.created payload does not match its shape"));
     assert_eq!(job_state(&pool, "good").await.0, "done");
     assert!(user_row(&pool, U).await.is_some());
 }
@@ -220,11 +418,20 @@ async fn a_claimed_job_is_invisible_to_other_claimers(pool: PgPool) {
     let s = fast_workers();
     insert_job(&pool, "h0", &organization("organization.created", H, "A", T0, T0, 1)).await;
     drain(&pool, &s, 5).await;
-    insert_job(&pool, "h1", &organization("organization.updated", H, "B", T0, T0 + 1, 1)).await;
+    insert_job(
+        &pool,
+        "h1",
+        &organization("organization.updated", H, "B", T0, T0 + 1, 1),
+    )
+    .await;
 
     // Hold the hotel row so the first worker blocks mid-batch, its job claimed.
     let mut blocker = pool.begin().await.unwrap();
-    sqlx::query("select 1 from hotels where id = $1 for update").bind(H).execute(&mut *blocker).await.unwrap();
+    sqlx::query("select 1 from hotels where id = $1 for update")
+        .bind(H)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
     let first = tokio::spawn({
         let (pool, s) = (pool.clone(), s.clone());
         async move { run_batch(&pool, &s).await.unwrap() }
@@ -236,7 +443,10 @@ async fn a_claimed_job_is_invisible_to_other_claimers(pool: PgPool) {
     )
     .await;
     let second = run_batch(&pool, &s).await.unwrap();
-    assert_eq!(second.claimed, 0, "the job held by the first worker is skipped, not waited for");
+    assert_eq!(
+        second.claimed, 0,
+        "the job held by the first worker is skipped, not waited for"
+    );
     blocker.commit().await.unwrap();
     let first = first.await.unwrap();
     assert_eq!((first.claimed, first.done), (1, 1));
@@ -247,7 +457,12 @@ async fn a_claimed_job_is_invisible_to_other_claimers(pool: PgPool) {
 async fn retry_bookkeeping_commits_with_the_release_of_the_lock(pool: PgPool) {
     let mut s = fast_workers();
     s.retry_base = Duration::from_secs(30);
-    insert_job(&pool, "m", &membership("organizationMembership.created", M, H, U, "org:admin", T0, T0, 1)).await;
+    insert_job(
+        &pool,
+        "m",
+        &membership("organizationMembership.created", M, H, U, "org:admin", T0, T0, 1),
+    )
+    .await;
     assert_eq!(run_batch(&pool, &s).await.unwrap().retried, 1);
     // The moment the lock is gone the job is rescheduled, so nobody can claim it again early.
     let again = run_batch(&pool, &s).await.unwrap();
@@ -296,11 +511,25 @@ async fn a_membership_racing_its_hotels_delete_never_stays_live(pool: PgPool) {
     for round in 0..20 {
         let h = format!("org_2race{round:021}");
         let u = format!("user_2race{round:020}");
-        insert_job(&pool, &format!("h{round}"), &organization("organization.created", &h, "R", T0, T0, 1)).await;
+        insert_job(
+            &pool,
+            &format!("h{round}"),
+            &organization("organization.created", &h, "R", T0, T0, 1),
+        )
+        .await;
         drain(&pool, &s, 5).await;
         let m = orgsync::clerk::ClerkEvent::parse(
             "organizationMembership.created",
-            &membership("organizationMembership.created", "orgmem_2r", &h, &u, "org:admin", T0, T0, 1),
+            &membership(
+                "organizationMembership.created",
+                "orgmem_2r",
+                &h,
+                &u,
+                "org:admin",
+                T0,
+                T0,
+                1,
+            ),
         )
         .unwrap()
         .unwrap();
@@ -318,11 +547,12 @@ async fn a_membership_racing_its_hotels_delete_never_stays_live(pool: PgPool) {
         });
         add.await.unwrap();
         del.await.unwrap();
-        let live: i64 = sqlx::query_scalar("select count(*) from memberships where hotel_id = $1 and deleted_at is null")
-            .bind(&h)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let live: i64 =
+            sqlx::query_scalar("select count(*) from memberships where hotel_id = $1 and deleted_at is null")
+                .bind(&h)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
         assert_eq!(live, 0, "round {round}: a live membership survived its hotel's delete");
     }
 }

@@ -1,0 +1,155 @@
+//! A worker process killed with SIGKILL in the middle of a batch: nothing of the batch is
+//! visible, its jobs run again elsewhere, and the final state is the same.
+
+mod common;
+
+use std::time::Duration;
+
+use common::events::*;
+use common::*;
+use sqlx::PgPool;
+
+const T0: i64 = 1_764_000_000_000;
+
+#[sqlx::test]
+async fn a_worker_killed_mid_batch_leaves_nothing_half_applied(pool: PgPool) {
+    let h0 = "org_2crash0000000000000000000";
+    insert_job(
+        &pool,
+        "h0",
+        &organization("organization.created", h0, "Zero", T0, T0, 1),
+    )
+    .await;
+    drain(&pool, &fast_workers(), 5).await;
+
+    let others: Vec<String> = (1..=3).map(|i| format!("org_2crash{i:019}")).collect();
+    for (i, h) in others.iter().enumerate() {
+        insert_job(
+            &pool,
+            &format!("h{}", i + 1),
+            &organization("organization.created", h, "New", T0, T0, 1),
+        )
+        .await;
+    }
+    insert_job(
+        &pool,
+        "h0-update",
+        &organization("organization.updated", h0, "Zero renamed", T0, T0 + 1, 1),
+    )
+    .await;
+    insert_job(
+        &pool,
+        "u",
+        &user(
+            "user.created",
+            "user_2crash000000000000000001",
+            "U",
+            "u@x.test",
+            T0,
+            T0,
+            1,
+        ),
+    )
+    .await;
+
+    // Hold hotel h0 so the worker blocks on the fourth job, the first three applied but not
+    // committed.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("select 1 from hotels where id = $1 for update")
+        .bind(h0)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+
+    let db: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let url = format!("{}/{db}", base.rsplit_once('/').unwrap().0);
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_orgsync"))
+        .args([
+            "serve",
+            "--no-receiver",
+            "--workers",
+            "1",
+            "--batch-size",
+            "10",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("DATABASE_URL", &url)
+        .env("ORGSYNC_RESYNC_INTERVAL", "off")
+        .env("ORGSYNC_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_until(
+        &pool,
+        "select count(*) = 1 from pg_stat_activity
+         where datname = current_database() and application_name = 'orgsync' and wait_event_type = 'Lock'",
+        Duration::from_secs(30),
+    )
+    .await;
+
+    worker.start_kill().unwrap(); // SIGKILL: no graceful anything
+    worker.wait().await.unwrap();
+    // Postgres notices the dead client and rolls its transaction back.
+    wait_until(
+        &pool,
+        "select count(*) = 0 from pg_stat_activity where datname = current_database() and application_name = 'orgsync'",
+        Duration::from_secs(30),
+    )
+    .await;
+    let visible: i64 = sqlx::query_scalar("select count(*) from hotels where id = any($1)")
+        .bind(&others)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(visible, 0, "the killed batch's applied events are not visible");
+    let pending: i64 = sqlx::query_scalar("select count(*) from jobs where state = 'available' and attempts = 0")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 5, "every job of the killed batch is claimable again");
+    blocker.commit().await.unwrap();
+
+    // Another worker runs them: the same final state as if nothing had happened.
+    drain(&pool, &fast_workers(), 5).await;
+    let states: Vec<(String, i32)> = sqlx::query_as("select state, attempts from jobs order by id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(states.iter().all(|(s, a)| s == "done" && *a == 1), "{states:?}");
+    let names: Vec<String> = sqlx::query_scalar("select name from hotels order by id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(names, vec!["Zero renamed", "New", "New", "New"]);
+}
+
+#[test]
+fn every_command_parses_its_defaults() {
+    // Clap checks flag definitions only when a command is parsed: parse each one with its
+    // defaults so a mistyped definition fails here, not in production.
+    use clap::Parser;
+    for args in [
+        &["orgsync", "serve"][..],
+        &["orgsync", "serve", "--no-receiver", "--resync-interval", "off"],
+        &["orgsync", "migrate"],
+        &["orgsync", "resync", "--dry-run"],
+        &["orgsync", "status"],
+        &["orgsync", "jobs", "list", "--state", "dead", "--since", "2h"],
+        &["orgsync", "jobs", "show", "1"],
+        &["orgsync", "replay", "--state", "dead", "--dry-run"],
+        &["orgsync", "send", "organization.created"],
+        &["orgsync", "healthcheck"],
+    ] {
+        let cli = orgsync::cli::Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        if let orgsync::cli::Command::Serve(serve) = cli.command {
+            let _ = serve.config();
+        }
+    }
+}
