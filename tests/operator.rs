@@ -703,6 +703,7 @@ async fn status_is_healthy_on_a_quiet_queue(pool: PgPool) {
         .stdout
         .contains("1 available (0 due, 1 scheduled for retry, 1 waiting for a hotel), 1 done, 0 dead"));
     assert!(run.stdout.contains("last resync:   #1 succeeded"), "{run:?}");
+    assert!(run.stdout.contains(r#"counts {"hotels_upserted":2}"#), "{run:?}");
 
     let run = orgsync(&db, &["status", "--json"]).await;
     assert_eq!(run.code, 0);
@@ -767,6 +768,30 @@ async fn status_follows_the_last_finished_resync(pool: PgPool) {
     let run = orgsync(&db, &["status"]).await;
     assert_eq!(run.code, 1);
     assert!(run.stdout.contains("--allow-mass-delete"), "{run:?}");
+
+    // A long resync report is cut on the terminal and whole in JSON.
+    let long: Value = (0..100)
+        .map(|n| (format!("key_{n}"), Value::from(n)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    sqlx::query("insert into resync_runs (finished_at, outcome, counts) values (now(), 'succeeded', $1)")
+        .bind(&long)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let run = orgsync(&db, &["status"]).await;
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("counts"))
+        .unwrap();
+    assert!(
+        line.ends_with("… (all of it with --json)") && line.chars().count() < 220,
+        "{line}"
+    );
+    let run = orgsync(&db, &["status", "--json"]).await;
+    let s: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(s["last_resync"]["counts"], long);
 }
 
 #[sqlx::test]

@@ -242,7 +242,15 @@ pub fn write_status(out: &mut impl Write, status: &Status) -> io::Result<()> {
                 ago(when)
             )?;
             if run.counts.as_object().is_some_and(|o| !o.is_empty()) {
-                writeln!(out, "               counts {}", run.counts)?;
+                // The resync's report can be long; the whole of it is in `--json`.
+                const MAX: usize = 160;
+                let counts = run.counts.to_string();
+                if counts.chars().count() <= MAX {
+                    writeln!(out, "               counts {counts}")?;
+                } else {
+                    let head: String = counts.chars().take(MAX).collect();
+                    writeln!(out, "               counts {head}… (all of it with --json)")?;
+                }
             }
             if let Some(e) = &run.error {
                 writeln!(out, "               error: {e}")?;
