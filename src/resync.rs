@@ -440,8 +440,8 @@ async fn run_locked(
     }
 
     let elapsed = timer.elapsed().as_secs_f64();
-    metrics::counter!("orgsync_resync_runs_total", "outcome" => outcome.as_str(), "dry_run" => options.dry_run.to_string())
-        .increment(1);
+    // orgsync_resync_runs_total is derived from resync_runs at scrape time (crate::metrics), so
+    // every replica reports the fleet's runs; only what the table does not hold is counted here.
     metrics::histogram!("orgsync_resync_duration_seconds").record(elapsed);
     match &result {
         Ok(report) => {

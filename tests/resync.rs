@@ -1002,3 +1002,40 @@ fn dummy_report() -> ResyncReport {
         error: None,
     }
 }
+
+/// The benchmark's shape, for a quick check outside CI: `cargo test --release --test resync --
+/// --ignored scale`. Prints the timings; asserts the budgets (60 s from empty, 15 s unchanged
+/// with no row written).
+#[sqlx::test]
+#[ignore = "a minute of work; run explicitly"]
+async fn scale_10k_organizations_100k_memberships_50k_users(pool: PgPool) {
+    let fake = FakeClerk::start().await;
+    let seeding = Instant::now();
+    fake.seed(10_000, 50_000, 100_000, BASE);
+    eprintln!("seeded the fake in {:?}", seeding.elapsed());
+    let client = ClerkClient::new(&fake.url(), KEY, 1000, Duration::from_secs(30)).unwrap();
+
+    let started = Instant::now();
+    let report = resync(&pool, &client, &opts()).await.unwrap();
+    let empty = started.elapsed();
+    eprintln!("empty database: {empty:?}, {} requests", fake.log().len());
+    assert_eq!(
+        (
+            report.hotels.created.len(),
+            report.users.created.len(),
+            report.memberships.created.len()
+        ),
+        (10_000, 50_000, 100_000)
+    );
+
+    let before = fingerprint(&pool).await;
+    let requests = fake.log().len();
+    let started = Instant::now();
+    let again = resync(&pool, &client, &opts()).await.unwrap();
+    let unchanged = started.elapsed();
+    eprintln!("unchanged: {unchanged:?}, {} requests", fake.log().len() - requests);
+    assert!(again.is_unchanged());
+    assert_eq!(fingerprint(&pool).await, before);
+    assert!(empty < Duration::from_secs(60), "{empty:?}");
+    assert!(unchanged < Duration::from_secs(15), "{unchanged:?}");
+}
