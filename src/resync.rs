@@ -210,6 +210,8 @@ pub struct ResyncReport {
     pub hotels: Changes,
     pub users: Changes,
     pub memberships: Changes,
+    /// Live memberships ended because their hotel or user was deleted (not in `memberships`).
+    pub memberships_ended_by_deletes: u64,
     pub skipped: Skipped,
     /// Set when the deletes exceeded the threshold (refused unless allowed).
     pub mass_delete: Option<MassDelete>,
@@ -230,6 +232,7 @@ impl ResyncReport {
             hotels: Changes::default(),
             users: Changes::default(),
             memberships: Changes::default(),
+            memberships_ended_by_deletes: 0,
             skipped: Skipped::default(),
             mass_delete: None,
             error: None,
@@ -260,6 +263,7 @@ impl ResyncReport {
             "hotels": self.hotels.to_json(with_ids),
             "users": self.users.to_json(with_ids),
             "memberships": self.memberships.to_json(with_ids),
+            "memberships_ended_by_deletes": self.memberships_ended_by_deletes,
             "skipped": {
                 "memberships_without_hotel": s.memberships_without_hotel,
                 "memberships_obsolete": s.memberships_obsolete,
@@ -893,6 +897,13 @@ async fn execute(
         report.hotels.deleted = deletes.hotels.clone();
         report.users.deleted = deletes.users.clone();
         report.memberships.deleted = deletes.memberships.iter().map(|(h, u, _)| format!("{h}/{u}")).collect();
+        let hotels: HashSet<&str> = deletes.hotels.iter().map(String::as_str).collect();
+        let users: HashSet<&str> = deletes.users.iter().map(String::as_str).collect();
+        report.memberships_ended_by_deletes = snapshot
+            .memberships
+            .iter()
+            .filter(|((h, u), r)| !r.deleted && (hotels.contains(h.as_str()) || users.contains(u.as_str())))
+            .count() as u64;
     } else {
         apply(pool, &snapshot, &plan, &deletes, started_ms, options, &mut report).await?;
     }
@@ -1393,7 +1404,8 @@ async fn apply(
             .boxed()
         })
         .await?;
-        report.hotels.deleted.extend(gone);
+        report.hotels.deleted.extend(gone.0);
+        report.memberships_ended_by_deletes += gone.1;
     }
     for ids in deletes.users.chunks(chunk) {
         let gone = retry_transient(|| {
@@ -1406,7 +1418,8 @@ async fn apply(
             .boxed()
         })
         .await?;
-        report.users.deleted.extend(gone);
+        report.users.deleted.extend(gone.0);
+        report.memberships_ended_by_deletes += gone.1;
     }
     for keys in deletes.memberships.chunks(chunk) {
         let gone = retry_transient(|| {
@@ -1652,8 +1665,13 @@ async fn upsert_memberships(
 /// Tombstones live hotels not written since `at` and ends their memberships, as
 /// [`crate::reconcile::delete_hotel`] does. The cascade is a separate statement on purpose: it
 /// must see memberships committed while the first statement waited for their `FOR SHARE`
-/// locks, which one statement's snapshot would not. Returns the ids tombstoned.
-async fn tombstone_hotels(conn: &mut PgConnection, ids: &[String], at: Millis) -> Result<Vec<String>, sqlx::Error> {
+/// locks, which one statement's snapshot would not. Returns the ids tombstoned and how many
+/// memberships ended with them.
+async fn tombstone_hotels(
+    conn: &mut PgConnection,
+    ids: &[String],
+    at: Millis,
+) -> Result<(Vec<String>, u64), sqlx::Error> {
     let gone = sqlx::query_scalar!(
         r#"
         update hotels set deleted_at = $2, clerk_version = greatest(clerk_version, $3)
@@ -1666,24 +1684,30 @@ async fn tombstone_hotels(conn: &mut PgConnection, ids: &[String], at: Millis) -
     )
     .fetch_all(&mut *conn)
     .await?;
+    let mut ended = 0;
     if !gone.is_empty() {
-        sqlx::query!(
+        ended = sqlx::query!(
             "update memberships set deleted_at = $2 where hotel_id = any($1) and deleted_at is null",
             &gone,
             to_time(at)
         )
         .execute(&mut *conn)
-        .await?;
+        .await?
+        .rows_affected();
         // Memberships waiting for these hotels are obsolete now: let them finish promptly.
         wake_jobs_waiting_for(conn, &gone).await?;
     }
-    Ok(gone)
+    Ok((gone, ended))
 }
 
 /// Tombstones live users not written since `at` and ends their memberships, as
 /// [`crate::reconcile::delete_user`] does (cascade in a second statement, see
-/// [`tombstone_hotels`]). Returns the ids tombstoned.
-async fn tombstone_users(conn: &mut PgConnection, ids: &[String], at: Millis) -> Result<Vec<String>, sqlx::Error> {
+/// [`tombstone_hotels`]). Returns the ids tombstoned and how many memberships ended with them.
+async fn tombstone_users(
+    conn: &mut PgConnection,
+    ids: &[String],
+    at: Millis,
+) -> Result<(Vec<String>, u64), sqlx::Error> {
     let gone = sqlx::query_scalar!(
         r#"
         update users set deleted_at = $2, clerk_version = greatest(clerk_version, $3)
@@ -1696,16 +1720,18 @@ async fn tombstone_users(conn: &mut PgConnection, ids: &[String], at: Millis) ->
     )
     .fetch_all(&mut *conn)
     .await?;
+    let mut ended = 0;
     if !gone.is_empty() {
-        sqlx::query!(
+        ended = sqlx::query!(
             "update memberships set deleted_at = $2 where user_id = any($1) and deleted_at is null",
             &gone,
             to_time(at)
         )
         .execute(&mut *conn)
-        .await?;
+        .await?
+        .rows_affected();
     }
-    Ok(gone)
+    Ok((gone, ended))
 }
 
 /// Ends these very memberships (same Clerk membership id, still live, not written since `at`).
@@ -2074,6 +2100,13 @@ pub fn render_text(report: &ResyncReport, verbose: bool) -> String {
             c.created.len(),
             c.updated.len(),
             c.deleted.len()
+        );
+    }
+    if report.memberships_ended_by_deletes > 0 {
+        let _ = writeln!(
+            out,
+            "{} more memberships end with their deleted hotel or user",
+            report.memberships_ended_by_deletes
         );
     }
     let s = &report.skipped;

@@ -478,6 +478,10 @@ async fn a_mass_delete_is_refused_without_the_flag(pool: PgPool) {
     };
     let m = report.mass_delete.unwrap();
     assert_eq!((m.hotels_to_delete, m.live_hotels), (2, 10));
+    assert_eq!(
+        report.memberships_ended_by_deletes, 2,
+        "what the refused run would have ended"
+    );
     assert!(err.to_string().contains("--allow-mass-delete"), "{err}");
     assert_eq!(
         fingerprint(&pool).await,
@@ -498,6 +502,7 @@ async fn a_mass_delete_is_refused_without_the_flag(pool: PgPool) {
     .unwrap();
     assert_eq!(report.hotels.deleted, vec!["org_s0000001", "org_s0000002"]);
     assert_eq!(report.hotels.created, vec!["org_new0000001"]);
+    assert_eq!(report.memberships_ended_by_deletes, 2, "one member each");
     assert!(!is_live_hotel(&pool, "org_s0000001").await);
     assert_eq!(
         scalar_i64(&pool, "select count(*) from memberships where hotel_id in ('org_s0000001', 'org_s0000002') and deleted_at is null").await,
@@ -997,6 +1002,7 @@ fn dummy_report() -> ResyncReport {
         hotels: Default::default(),
         users: Default::default(),
         memberships: Default::default(),
+        memberships_ended_by_deletes: 0,
         skipped: Default::default(),
         mass_delete: None,
         error: None,
