@@ -58,7 +58,11 @@ create table jobs (
     errors      jsonb not null default '[]',     -- [{attempt, at, error}], one per failed attempt
     received_at timestamptz not null default now(),
     updated_at  timestamptz not null default now(),
-    done_at     timestamptz
+    done_at     timestamptz,
+    -- The hotel (for organization and membership events) or user the event is about: workers
+    -- never hold two jobs of one entity at once.
+    entity_key  text generated always as
+                (coalesce(payload -> 'data' -> 'organization' ->> 'id', payload -> 'data' ->> 'id')) stored
 );
 create index jobs_due on jobs (run_at, id) where state = 'available';
 create index jobs_waiting_for on jobs (waiting_for) where state = 'available' and waiting_for is not null;

@@ -556,3 +556,61 @@ async fn a_membership_racing_its_hotels_delete_never_stays_live(pool: PgPool) {
         assert_eq!(live, 0, "round {round}: a live membership survived its hotel's delete");
     }
 }
+
+#[sqlx::test]
+async fn an_enqueued_event_wakes_idle_workers_through_notify(pool: PgPool) {
+    let mut cfg = config(Some(SECRET), true);
+    cfg.worker_settings.poll_interval = Duration::from_secs(3600); // polling alone would never see it
+    let app = TestApp::spawn(pool.clone(), cfg).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // workers are idle, listening
+    assert!(app
+        .deliver("msg_wake", &fixture("organization.created"))
+        .await
+        .status()
+        .is_success());
+    wait_until(
+        &pool,
+        "select count(*) = 1 from jobs where state = 'done'",
+        Duration::from_secs(10),
+    )
+    .await;
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn polling_finds_jobs_that_arrived_without_a_notification(pool: PgPool) {
+    let app = TestApp::full(pool.clone()).await; // polls every 50 ms
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    insert_job(&pool, "quiet", &organization("organization.created", H, "A", T0, T0, 1)).await; // no NOTIFY
+    wait_until(
+        &pool,
+        "select count(*) = 1 from jobs where state = 'done'",
+        Duration::from_secs(10),
+    )
+    .await;
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_stub_user_waits_while_another_worker_holds_that_users_events(pool: PgPool) {
+    let s = fast_workers();
+    insert_job(&pool, "h", &organization("organization.created", H, "A", T0, T0, 1)).await;
+    drain(&pool, &s, 5).await;
+    // Another worker "holds" the user (as when it is applying user.created right now).
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("select pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(orgsync::reconcile::ENTITY_LOCK_CLASS)
+        .bind(U)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    insert_job(&pool, "m", &membership("organizationMembership.created", M, H, U, "org:admin", T0, T0, 1)).await;
+    let report = run_batch(&pool, &s).await.unwrap();
+    assert_eq!(report.retried, 1, "no stub written while the user's events are in another worker's hands");
+    assert!(user_row(&pool, U).await.is_none());
+    assert!(job_state(&pool, "m").await.2.unwrap().contains("being written by another worker"));
+    other.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await; // past the retry delay (cap 200 ms)
+    drain(&pool, &s, 5).await;
+    assert_eq!(membership_row(&pool, H, U).await, Some((M.into(), "org:admin".into(), false)));
+}

@@ -12,7 +12,10 @@ use sqlx::PgPool;
 const T0: i64 = 1_764_000_000_000;
 
 async fn database_url(pool: &PgPool) -> String {
-    let db: String = sqlx::query_scalar("select current_database()").fetch_one(pool).await.unwrap();
+    let db: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
     let base = std::env::var("DATABASE_URL").unwrap();
     format!("{}/{db}", base.rsplit_once('/').unwrap().0)
 }
@@ -20,14 +23,37 @@ async fn database_url(pool: &PgPool) -> String {
 #[sqlx::test]
 async fn sigterm_finishes_the_batch_in_flight_then_exits(pool: PgPool) {
     let h = "org_2term00000000000000000001";
-    insert_job(&pool, "h", &organization("organization.created", h, "Before", T0, T0, 1)).await;
+    insert_job(
+        &pool,
+        "h",
+        &organization("organization.created", h, "Before", T0, T0, 1),
+    )
+    .await;
     drain(&pool, &fast_workers(), 5).await;
-    insert_job(&pool, "rename", &organization("organization.updated", h, "After", T0, T0 + 1, 1)).await;
+    insert_job(
+        &pool,
+        "rename",
+        &organization("organization.updated", h, "After", T0, T0 + 1, 1),
+    )
+    .await;
 
     let mut blocker = pool.begin().await.unwrap();
-    sqlx::query("select 1 from hotels where id = $1 for update").bind(h).execute(&mut *blocker).await.unwrap();
+    sqlx::query("select 1 from hotels where id = $1 for update")
+        .bind(h)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_orgsync"))
-        .args(["serve", "--no-receiver", "--workers", "1", "--listen", "127.0.0.1:0", "--poll-interval", "50ms"])
+        .args([
+            "serve",
+            "--no-receiver",
+            "--workers",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--poll-interval",
+            "50ms",
+        ])
         .env("DATABASE_URL", database_url(&pool).await)
         .env("ORGSYNC_RESYNC_INTERVAL", "off")
         .stdout(std::process::Stdio::null())
@@ -43,23 +69,41 @@ async fn sigterm_finishes_the_batch_in_flight_then_exits(pool: PgPool) {
     )
     .await;
     let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     // Still running: it is finishing its batch, which waits for our lock.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(child.try_wait().unwrap().is_none(), "exited before finishing its batch");
     blocker.commit().await.unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("exits").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
     assert!(status.success(), "{status}");
-    assert_eq!(job_state(&pool, "rename").await.0, "done", "the in-flight job was finished, not abandoned");
-    let name: String = sqlx::query_scalar("select name from hotels where id = $1").bind(h).fetch_one(&pool).await.unwrap();
+    assert_eq!(
+        job_state(&pool, "rename").await.0,
+        "done",
+        "the in-flight job was finished, not abandoned"
+    );
+    let name: String = sqlx::query_scalar("select name from hotels where id = $1")
+        .bind(h)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(name, "After");
 }
 
 #[sqlx::test]
 async fn done_and_skipped_jobs_are_pruned_after_the_retention_period_only(pool: PgPool) {
-    for (id, state, age_days) in
-        [("old-done", "done", 8), ("old-skipped", "skipped", 8), ("new-done", "done", 1), ("old-dead", "dead", 30)]
-    {
+    for (id, state, age_days) in [
+        ("old-done", "done", 8),
+        ("old-skipped", "skipped", 8),
+        ("new-done", "done", 1),
+        ("old-dead", "dead", 30),
+    ] {
         sqlx::query(
             "insert into jobs (event_id, event_type, payload, state, done_at, received_at)
              values ($1, 'user.created', '{}', $2,
@@ -73,10 +117,19 @@ async fn done_and_skipped_jobs_are_pruned_after_the_retention_period_only(pool: 
         .await
         .unwrap();
     }
-    let pruned = orgsync::queue::runner::prune(&pool, Duration::from_secs(7 * 24 * 3600)).await.unwrap();
+    let pruned = orgsync::queue::runner::prune(&pool, Duration::from_secs(7 * 24 * 3600))
+        .await
+        .unwrap();
     assert_eq!(pruned, 2);
-    let left: Vec<String> = sqlx::query_scalar("select event_id from jobs order by event_id").fetch_all(&pool).await.unwrap();
-    assert_eq!(left, vec!["new-done", "old-dead"], "dead jobs wait for an operator, whatever their age");
+    let left: Vec<String> = sqlx::query_scalar("select event_id from jobs order by event_id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        left,
+        vec!["new-done", "old-dead"],
+        "dead jobs wait for an operator, whatever their age"
+    );
 }
 
 /// A `tracing` writer that keeps everything written, for inspection.
@@ -107,19 +160,45 @@ async fn logs_carry_ids_and_types_but_never_secrets_or_payloads(pool: PgPool) {
 
     let app = TestApp::full(pool.clone()).await;
     let marker = "Very-Private-Hotel-Name-4711";
-    let body = organization("organization.created", "org_2logs00000000000000000001", marker, T0, T0, 1).to_string();
+    let body = organization(
+        "organization.created",
+        "org_2logs00000000000000000001",
+        marker,
+        T0,
+        T0,
+        1,
+    )
+    .to_string();
     assert!(app.deliver("msg_logged", &body).await.status().is_success());
     // A refused delivery must not echo its body either.
     let forged = body.replace("4711", "4712");
     let headers = app.signer.sign("msg_forged", now_secs(), body.as_bytes());
-    let r = app.client.post(app.url("/webhooks/clerk")).headers(headers).body(forged).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/webhooks/clerk"))
+        .headers(headers)
+        .body(forged)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::UNAUTHORIZED);
-    wait_until(&pool, "select count(*) = 1 from jobs where state = 'done'", Duration::from_secs(10)).await;
+    wait_until(
+        &pool,
+        "select count(*) = 1 from jobs where state = 'done'",
+        Duration::from_secs(10),
+    )
+    .await;
     app.stop().await;
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("msg_logged") && logs.contains("organization.created"), "ids and types are logged:\n{logs}");
-    assert!(!logs.contains("Very-Private-Hotel-Name"), "a payload leaked into the logs:\n{logs}");
+    assert!(
+        logs.contains("msg_logged") && logs.contains("organization.created"),
+        "ids and types are logged:\n{logs}"
+    );
+    assert!(
+        !logs.contains("Very-Private-Hotel-Name"),
+        "a payload leaked into the logs:\n{logs}"
+    );
     let secret_body = SECRET.trim_start_matches("whsec_");
     assert!(!logs.contains(secret_body), "the webhook secret leaked into the logs");
 }

@@ -15,14 +15,14 @@ use std::time::Duration;
 
 use rand::Rng;
 use sqlx::postgres::PgListener;
-use sqlx::{Acquire, PgPool};
+use sqlx::{Acquire, PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::NOTIFY_CHANNEL;
 use crate::clerk::{ClerkEvent, HotelId};
-use crate::reconcile::{self, ApplyError};
+use crate::reconcile::{self, ApplyError, ENTITY_LOCK_CLASS};
 
 /// Consumer knobs.
 #[derive(Debug, Clone)]
@@ -157,7 +157,36 @@ impl Runner {
 /// Claims one batch of due jobs, applies them, writes their bookkeeping and commits.
 /// Ok reports what happened (an empty report when nothing was due). Err means the batch could
 /// not be claimed or committed; then nothing of it took effect and its jobs stay claimable.
+///
+/// The batch first runs without savepoints (the common case: every job applies, or fails in a
+/// way detected before writing, such as a missing hotel). A database error inside a job aborts
+/// that transaction, so the batch is then rolled back and run again with one savepoint per job,
+/// where a failing job rolls back only its own effect.
 pub async fn run_batch(pool: &PgPool, settings: &WorkerSettings) -> Result<BatchReport, sqlx::Error> {
+    match run_batch_with(pool, settings, false).await {
+        Err(BatchError::Aborted) => match run_batch_with(pool, settings, true).await {
+            Ok(report) => Ok(report),
+            Err(BatchError::Database(e)) => Err(e),
+            Err(BatchError::Aborted) => unreachable!("a batch with savepoints never aborts"),
+        },
+        Err(BatchError::Database(e)) => Err(e),
+        Ok(report) => Ok(report),
+    }
+}
+
+enum BatchError {
+    /// A job failed with a database error in a batch without savepoints.
+    Aborted,
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e)
+    }
+}
+
+async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, savepoints: bool) -> Result<BatchReport, BatchError> {
     let mut tx = pool.begin().await?;
     // The lease: a worker silent this long inside its transaction is disconnected by the
     // server, which rolls back and so releases its jobs.
@@ -166,24 +195,27 @@ pub async fn run_batch(pool: &PgPool, settings: &WorkerSettings) -> Result<Batch
         .bind(&lease_ms)
         .execute(&mut *tx)
         .await?;
+    // One entity (hotel or user) per worker at a time: a job is claimable only when no other
+    // transaction holds its entity's advisory lock, so concurrent batches touch disjoint rows and
+    // neither wait for nor deadlock with each other. The lock is reentrant within a transaction
+    // and released at its end.
     let jobs = sqlx::query!(
         r#"
         select id, event_id, event_type, payload, attempts
         from jobs
         where state = 'available' and run_at <= now()
+          and pg_try_advisory_xact_lock($2, hashtext(coalesce(entity_key, event_id)))
         order by run_at, id
         limit $1
         for update skip locked
         "#,
-        settings.batch_size
+        settings.batch_size,
+        ENTITY_LOCK_CLASS,
     )
     .fetch_all(&mut *tx)
     .await?;
 
-    let mut report = BatchReport {
-        claimed: jobs.len(),
-        ..Default::default()
-    };
+    let mut report = BatchReport { claimed: jobs.len(), ..Default::default() };
     if jobs.is_empty() {
         tx.commit().await?;
         return Ok(report);
@@ -193,30 +225,7 @@ pub async fn run_batch(pool: &PgPool, settings: &WorkerSettings) -> Result<Batch
         let attempt = job.attempts + 1;
         let span = tracing::info_span!("job", job_id = job.id, event_id = %job.event_id, event_type = %job.event_type, attempt);
         let started = std::time::Instant::now();
-        let outcome = async {
-            let event = match ClerkEvent::parse(&job.event_type, &job.payload) {
-                Ok(Some(event)) => event,
-                Ok(None) => return Outcome::Skipped,
-                Err(e) => return Outcome::Permanent(e.to_string()),
-            };
-            let mut savepoint = match tx.begin().await {
-                Ok(sp) => sp,
-                Err(e) => return Outcome::Retry(ApplyError::Database(e)),
-            };
-            match reconcile::apply(&mut savepoint, &event).await {
-                Ok(applied) => match savepoint.commit().await {
-                    Ok(()) => Outcome::Done(applied),
-                    Err(e) => Outcome::Retry(ApplyError::Database(e)),
-                },
-                Err(e) => {
-                    // Dropping the savepoint rolls it back; do it explicitly to see errors.
-                    let _ = savepoint.rollback().await;
-                    Outcome::Retry(e)
-                }
-            }
-        }
-        .instrument(span.clone())
-        .await;
+        let outcome = apply_job(&mut tx, &job.event_type, &job.payload, savepoints).instrument(span.clone()).await;
         let _enter = span.enter();
         let kind = job.event_type.as_str();
         metrics::histogram!("orgsync_job_duration_seconds", "type" => kind.to_owned())
@@ -224,13 +233,11 @@ pub async fn run_batch(pool: &PgPool, settings: &WorkerSettings) -> Result<Batch
         match outcome {
             Outcome::Done(applied) => {
                 tracing::debug!(?applied, "applied");
-                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "done")
-                    .increment(1);
+                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "done").increment(1);
                 done.push(job.id);
             }
             Outcome::Skipped => {
-                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "skipped")
-                    .increment(1);
+                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "skipped").increment(1);
                 sqlx::query!(
                     "update jobs set state = 'skipped', attempts = attempts + 1, done_at = now(), updated_at = now() where id = $1",
                     job.id
@@ -240,10 +247,14 @@ pub async fn run_batch(pool: &PgPool, settings: &WorkerSettings) -> Result<Batch
             }
             Outcome::Permanent(error) => {
                 tracing::warn!(%error, "permanent failure; job is dead");
-                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "dead")
-                    .increment(1);
+                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "dead").increment(1);
                 record_failure(&mut tx, job.id, attempt, &error, None, None).await?;
                 report.dead += 1;
+            }
+            Outcome::Retry(ApplyError::Database(e)) if !savepoints => {
+                tracing::debug!(error = %e, "database error without savepoints; rerunning the batch with them");
+                let _ = tx.rollback().await;
+                return Err(BatchError::Aborted);
             }
             Outcome::Retry(error) => {
                 let message = error.to_string();
@@ -258,8 +269,7 @@ pub async fn run_batch(pool: &PgPool, settings: &WorkerSettings) -> Result<Batch
                     report.retried += 1;
                 }
                 let outcome = if dead { "dead" } else { "retry" };
-                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => outcome)
-                    .increment(1);
+                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => outcome).increment(1);
                 record_failure(&mut tx, job.id, attempt, &message, delay, waiting_for.as_ref()).await?;
                 if let (Some(hotel), false) = (waiting_for, dead) {
                     report.missing_hotels.push((hotel, attempt));
@@ -282,6 +292,35 @@ pub async fn run_batch(pool: &PgPool, settings: &WorkerSettings) -> Result<Batch
     tx.commit().await?;
     report.done = done.len();
     Ok(report)
+}
+
+/// Parses and applies one job inside the batch transaction, under a savepoint when asked.
+async fn apply_job(tx: &mut PgConnection, event_type: &str, payload: &serde_json::Value, savepoint: bool) -> Outcome {
+    let event = match ClerkEvent::parse(event_type, payload) {
+        Ok(Some(event)) => event,
+        Ok(None) => return Outcome::Skipped,
+        Err(e) => return Outcome::Permanent(e.to_string()),
+    };
+    if !savepoint {
+        return match reconcile::apply(tx, &event).await {
+            Ok(applied) => Outcome::Done(applied),
+            Err(e) => Outcome::Retry(e),
+        };
+    }
+    let mut sp = match tx.begin().await {
+        Ok(sp) => sp,
+        Err(e) => return Outcome::Retry(ApplyError::Database(e)),
+    };
+    match reconcile::apply(&mut sp, &event).await {
+        Ok(applied) => match sp.commit().await {
+            Ok(()) => Outcome::Done(applied),
+            Err(e) => Outcome::Retry(ApplyError::Database(e)),
+        },
+        Err(e) => {
+            let _ = sp.rollback().await;
+            Outcome::Retry(e)
+        }
+    }
 }
 
 enum Outcome {

@@ -11,9 +11,12 @@
 //!   (retry later); tombstoned → the membership is obsolete.
 //!
 //! Concurrency: each write is one conditional `INSERT ... ON CONFLICT ... WHERE` whose condition
-//! Postgres re-checks against the latest row after waiting for a concurrent writer, and a
-//! membership holds `FOR SHARE` on its hotel and user rows so a concurrent delete cannot slip its
-//! cascade past it.
+//! Postgres re-checks against the latest row after waiting for a concurrent writer. A membership
+//! holds `FOR KEY SHARE` on its hotel and user rows, and a delete takes `FOR UPDATE` on the row it
+//! tombstones (the one lock that conflicts with `KEY SHARE`), so a concurrent delete cannot slip
+//! its cascade past a membership being written. Updates of a hotel or user take only `NO KEY
+//! UPDATE`, which does not conflict with `KEY SHARE`: memberships and renames never wait for each
+//! other, which keeps workers from stalling (and deadlocking) on busy hotels.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -38,6 +41,11 @@ pub enum Applied {
 pub enum ApplyError {
     #[error("hotel {0} does not exist yet")]
     MissingHotel(HotelId),
+    /// The user has no row yet and another worker holds that user's events right now (most
+    /// likely creating it): writing a stub now could deadlock with it, and waiting a moment
+    /// makes the stub unnecessary.
+    #[error("user {0} is being written by another worker")]
+    UserBusy(UserId),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -47,7 +55,7 @@ impl ApplyError {
     pub fn waiting_for(&self) -> Option<&HotelId> {
         match self {
             Self::MissingHotel(id) => Some(id),
-            Self::Database(_) => None,
+            Self::UserBusy(_) | Self::Database(_) => None,
         }
     }
 }
@@ -111,6 +119,11 @@ pub async fn upsert_hotel(conn: &mut PgConnection, org: &Organization) -> Result
 /// Tombstones a hotel (inserting the tombstone if the hotel was never seen, so a late
 /// `organization.created` cannot create it) and ends its live memberships.
 pub async fn delete_hotel(conn: &mut PgConnection, id: &HotelId, at: Millis) -> Result<Applied, sqlx::Error> {
+    // Wait for memberships being written under this hotel (they hold KEY SHARE), and make new ones
+    // wait for this delete: then the cascade below sees every membership committed before it.
+    sqlx::query!("select 1 as locked from hotels where id = $1 for update", id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
     let rows = sqlx::query!(
         r#"
         insert into hotels (id, name, created_at, updated_at, deleted_at, clerk_version)
@@ -171,6 +184,10 @@ pub async fn upsert_user(conn: &mut PgConnection, user: &User) -> Result<Applied
 
 /// Tombstones a user (inserting the tombstone if never seen) and ends their live memberships.
 pub async fn delete_user(conn: &mut PgConnection, id: &UserId, at: Millis) -> Result<Applied, sqlx::Error> {
+    // As for hotels: serialise with memberships being written for this user.
+    sqlx::query!("select 1 as locked from users where id = $1 for update", id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
     let rows = sqlx::query!(
         r#"
         insert into users (id, created_at, updated_at, deleted_at, clerk_version)
@@ -210,7 +227,7 @@ pub async fn upsert_membership(
 ) -> Result<Applied, ApplyError> {
     let hotel = &m.organization.id;
     let hotel_deleted = sqlx::query_scalar!(
-        r#"select deleted_at is not null as "deleted!" from hotels where id = $1 for share"#,
+        r#"select deleted_at is not null as "deleted!" from hotels where id = $1 for key share"#,
         hotel.as_str()
     )
     .fetch_optional(&mut *conn)
@@ -220,8 +237,10 @@ pub async fn upsert_membership(
         Some(true) => return Ok(Applied::Obsolete),
         Some(false) => {}
     }
-    if ensure_user(conn, &m.public_user_data, m.created_at).await? == UserState::Deleted {
-        return Ok(Applied::Obsolete);
+    match ensure_user(conn, &m.public_user_data, m.created_at).await? {
+        UserState::Live => {}
+        UserState::Deleted => return Ok(Applied::Obsolete),
+        UserState::Busy => return Err(ApplyError::UserBusy(m.public_user_data.user_id.clone())),
     }
 
     let version = deleted_at.unwrap_or(m.updated_at).max(m.updated_at);
@@ -272,19 +291,48 @@ pub async fn upsert_membership(
 enum UserState {
     Live,
     Deleted,
+    /// No row, and another worker holds the user's events.
+    Busy,
 }
 
+/// The advisory-lock class (first key) of the per-entity locks: a worker holds the lock of a
+/// hotel or user (second key: `hashtext(id)`) while it has that entity's jobs in hand.
+pub const ENTITY_LOCK_CLASS: i32 = 0x6f72_6773; // "orgs"
+
 /// Makes sure a user row exists for a membership, creating a version-0 stub from
-/// `public_user_data` (which any `user.*` event outranks), and locks it against a concurrent
-/// delete until the caller commits.
+/// `public_user_data` (which any `user.*` event outranks), and holds `KEY SHARE` on it against a
+/// concurrent delete until the caller commits.
 async fn ensure_user(conn: &mut PgConnection, data: &PublicUserData, at: Millis) -> Result<UserState, sqlx::Error> {
+    let state = |deleted: bool| if deleted { UserState::Deleted } else { UserState::Live };
+    let user = data.user_id.as_str();
+    let deleted = sqlx::query_scalar!(
+        r#"select deleted_at is not null as "deleted!" from users where id = $1 for key share"#,
+        user
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(deleted) = deleted {
+        return Ok(state(deleted));
+    }
+    // Insert the stub only while holding the user's entity lock: a worker applying that user's
+    // own events could otherwise be inserting the same row, each waiting for the other.
+    let free = sqlx::query_scalar!(
+        r#"select pg_try_advisory_xact_lock($1, hashtext($2)) as "free!""#,
+        ENTITY_LOCK_CLASS,
+        user
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if !free {
+        return Ok(UserState::Busy);
+    }
     sqlx::query!(
         r#"
         insert into users (id, email, first_name, last_name, image_url, created_at, updated_at, clerk_version)
         values ($1, $2, $3, $4, $5, $6, $6, 0)
         on conflict (id) do nothing
         "#,
-        data.user_id.as_str(),
+        user,
         data.identifier,
         data.first_name,
         data.last_name,
@@ -294,12 +342,12 @@ async fn ensure_user(conn: &mut PgConnection, data: &PublicUserData, at: Millis)
     .execute(&mut *conn)
     .await?;
     let deleted = sqlx::query_scalar!(
-        r#"select deleted_at is not null as "deleted!" from users where id = $1 for share"#,
-        data.user_id.as_str()
+        r#"select deleted_at is not null as "deleted!" from users where id = $1 for key share"#,
+        user
     )
     .fetch_one(&mut *conn)
     .await?;
-    Ok(if deleted { UserState::Deleted } else { UserState::Live })
+    Ok(state(deleted))
 }
 
 /// Makes the membership jobs waiting for `hotel` due now. Jobs another worker holds are
