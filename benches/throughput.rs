@@ -188,10 +188,7 @@ async fn main() {
     println!();
     let w = rows.iter().map(|r| r.what.chars().count()).max().unwrap_or(10);
     let f = rows.iter().map(|r| r.figure.chars().count()).max().unwrap_or(10);
-    println!(
-        "| {:w$} | {:f$} | {:>9} | {} |",
-        "measure", "figure", "× base", "target"
-    );
+    println!("| {:w$} | {:f$} | {:>9} | target |", "measure", "figure", "× base");
     println!(
         "|{}|{}|{}|{}|",
         "-".repeat(w + 2),

@@ -1556,8 +1556,8 @@ async fn insert_user_stubs(conn: &mut PgConnection, memberships: &[&Membership])
 }
 
 /// [`crate::reconcile::upsert_membership`] (for live memberships) in bulk: the hotels and users
-/// are locked `FOR SHARE` first, so a concurrent delete cannot slip its cascade past these
-/// inserts; memberships whose hotel or user is missing or a tombstone are left out. Returns
+/// are locked `FOR KEY SHARE` first (deletes take `FOR UPDATE`), so a concurrent delete cannot
+/// slip its cascade past these inserts; memberships whose hotel or user is missing or a tombstone are left out. Returns
 /// the (hotel, user) pairs written and how many were obsolete.
 async fn upsert_memberships(
     conn: &mut PgConnection,
@@ -1576,7 +1576,7 @@ async fn upsert_memberships(
     user_ids.sort();
     user_ids.dedup();
     let live_hotels: HashSet<String> = sqlx::query!(
-        r#"select id, deleted_at is not null as "deleted!" from hotels where id = any($1) order by id for share"#,
+        r#"select id, deleted_at is not null as "deleted!" from hotels where id = any($1) order by id for key share"#,
         &hotel_ids
     )
     .fetch_all(&mut *conn)
@@ -1586,7 +1586,7 @@ async fn upsert_memberships(
     .map(|r| r.id)
     .collect();
     let live_users: HashSet<String> = sqlx::query!(
-        r#"select id, deleted_at is not null as "deleted!" from users where id = any($1) order by id for share"#,
+        r#"select id, deleted_at is not null as "deleted!" from users where id = any($1) order by id for key share"#,
         &user_ids
     )
     .fetch_all(&mut *conn)
@@ -1664,7 +1664,7 @@ async fn upsert_memberships(
 
 /// Tombstones live hotels not written since `at` and ends their memberships, as
 /// [`crate::reconcile::delete_hotel`] does. The cascade is a separate statement on purpose: it
-/// must see memberships committed while the first statement waited for their `FOR SHARE`
+/// must see memberships committed while the `FOR UPDATE` below waited for their `KEY SHARE`
 /// locks, which one statement's snapshot would not. Returns the ids tombstoned and how many
 /// memberships ended with them.
 async fn tombstone_hotels(
@@ -1672,6 +1672,11 @@ async fn tombstone_hotels(
     ids: &[String],
     at: Millis,
 ) -> Result<(Vec<String>, u64), sqlx::Error> {
+    // FOR UPDATE is the lock that conflicts with the KEY SHARE a membership being written holds
+    // on its hotel (see crate::reconcile): wait for those, and make new ones wait for us.
+    sqlx::query!("select id from hotels where id = any($1) order by id for update", ids)
+        .fetch_all(&mut *conn)
+        .await?;
     let gone = sqlx::query_scalar!(
         r#"
         update hotels set deleted_at = $2, clerk_version = greatest(clerk_version, $3)
@@ -1708,6 +1713,10 @@ async fn tombstone_users(
     ids: &[String],
     at: Millis,
 ) -> Result<(Vec<String>, u64), sqlx::Error> {
+    // As for hotels: serialise with memberships being written for these users.
+    sqlx::query!("select id from users where id = any($1) order by id for update", ids)
+        .fetch_all(&mut *conn)
+        .await?;
     let gone = sqlx::query_scalar!(
         r#"
         update users set deleted_at = $2, clerk_version = greatest(clerk_version, $3)

@@ -604,13 +604,28 @@ async fn a_stub_user_waits_while_another_worker_holds_that_users_events(pool: Pg
         .execute(&mut *other)
         .await
         .unwrap();
-    insert_job(&pool, "m", &membership("organizationMembership.created", M, H, U, "org:admin", T0, T0, 1)).await;
+    insert_job(
+        &pool,
+        "m",
+        &membership("organizationMembership.created", M, H, U, "org:admin", T0, T0, 1),
+    )
+    .await;
     let report = run_batch(&pool, &s).await.unwrap();
-    assert_eq!(report.retried, 1, "no stub written while the user's events are in another worker's hands");
+    assert_eq!(
+        report.retried, 1,
+        "no stub written while the user's events are in another worker's hands"
+    );
     assert!(user_row(&pool, U).await.is_none());
-    assert!(job_state(&pool, "m").await.2.unwrap().contains("being written by another worker"));
+    assert!(job_state(&pool, "m")
+        .await
+        .2
+        .unwrap()
+        .contains("being written by another worker"));
     other.commit().await.unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await; // past the retry delay (cap 200 ms)
     drain(&pool, &s, 5).await;
-    assert_eq!(membership_row(&pool, H, U).await, Some((M.into(), "org:admin".into(), false)));
+    assert_eq!(
+        membership_row(&pool, H, U).await,
+        Some((M.into(), "org:admin".into(), false))
+    );
 }

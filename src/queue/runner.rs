@@ -215,7 +215,10 @@ async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, savepoints: bo
     .fetch_all(&mut *tx)
     .await?;
 
-    let mut report = BatchReport { claimed: jobs.len(), ..Default::default() };
+    let mut report = BatchReport {
+        claimed: jobs.len(),
+        ..Default::default()
+    };
     if jobs.is_empty() {
         tx.commit().await?;
         return Ok(report);
@@ -225,7 +228,9 @@ async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, savepoints: bo
         let attempt = job.attempts + 1;
         let span = tracing::info_span!("job", job_id = job.id, event_id = %job.event_id, event_type = %job.event_type, attempt);
         let started = std::time::Instant::now();
-        let outcome = apply_job(&mut tx, &job.event_type, &job.payload, savepoints).instrument(span.clone()).await;
+        let outcome = apply_job(&mut tx, &job.event_type, &job.payload, savepoints)
+            .instrument(span.clone())
+            .await;
         let _enter = span.enter();
         let kind = job.event_type.as_str();
         metrics::histogram!("orgsync_job_duration_seconds", "type" => kind.to_owned())
@@ -233,11 +238,13 @@ async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, savepoints: bo
         match outcome {
             Outcome::Done(applied) => {
                 tracing::debug!(?applied, "applied");
-                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "done").increment(1);
+                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "done")
+                    .increment(1);
                 done.push(job.id);
             }
             Outcome::Skipped => {
-                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "skipped").increment(1);
+                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "skipped")
+                    .increment(1);
                 sqlx::query!(
                     "update jobs set state = 'skipped', attempts = attempts + 1, done_at = now(), updated_at = now() where id = $1",
                     job.id
@@ -247,7 +254,8 @@ async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, savepoints: bo
             }
             Outcome::Permanent(error) => {
                 tracing::warn!(%error, "permanent failure; job is dead");
-                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "dead").increment(1);
+                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "dead")
+                    .increment(1);
                 record_failure(&mut tx, job.id, attempt, &error, None, None).await?;
                 report.dead += 1;
             }
@@ -269,7 +277,8 @@ async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, savepoints: bo
                     report.retried += 1;
                 }
                 let outcome = if dead { "dead" } else { "retry" };
-                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => outcome).increment(1);
+                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => outcome)
+                    .increment(1);
                 record_failure(&mut tx, job.id, attempt, &message, delay, waiting_for.as_ref()).await?;
                 if let (Some(hotel), false) = (waiting_for, dead) {
                     report.missing_hotels.push((hotel, attempt));
