@@ -27,7 +27,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "whsec_YmVuY2htYXJrLXNlY3JldC1mb3Itb3Jnc3luYw==";
@@ -92,8 +92,10 @@ async fn main() {
         .execute(&admin)
         .await
         .unwrap();
+    // No ping before each acquire: the baseline is one round trip per insert, as a plain client.
     let pool = PgPoolOptions::new()
         .max_connections(CONCURRENCY as u32 + 4)
+        .test_before_acquire(false)
         .connect(&db_url)
         .await
         .unwrap();
@@ -119,7 +121,7 @@ async fn main() {
     let run = |name: &str| only.is_empty() || only == name;
 
     // 1. Baseline.
-    let baseline = baseline_inserts(&pool, phase).await;
+    let baseline = baseline_inserts(&pool, &db_url, phase).await;
     truncate(&pool).await;
     rows.push(Row {
         what: "baseline: single-row durable INSERTs/s".into(),
@@ -176,7 +178,7 @@ async fn main() {
 
     // 4. Resync.
     if run("resync") {
-        rows.extend(resync::run(&pool, scale).await);
+        rows.extend(resync::run(&pool, scale, baseline).await);
     }
 
     pool.close().await;
@@ -208,23 +210,36 @@ async fn truncate(pool: &PgPool) {
         .unwrap();
 }
 
-/// Single-row INSERT + COMMIT per event from `CONCURRENCY` connections for `phase`.
-async fn baseline_inserts(pool: &PgPool, phase: Duration) -> f64 {
+/// Single-row INSERT + COMMIT per event from `CONCURRENCY` connections for `phase`, into a copy
+/// of `jobs` (same columns, defaults and indexes; no trigger): raw Postgres, nothing of orgsync.
+async fn baseline_inserts(pool: &PgPool, db_url: &str, phase: Duration) -> f64 {
+    sqlx::query("create table baseline_jobs (like jobs including all)")
+        .execute(pool)
+        .await
+        .unwrap();
     let payload = fixture("user.created").to_string();
     let stop = Arc::new(AtomicBool::new(false));
+    // Each client holds its own connection, as a plain client (or pgbench) does.
+    let mut connections = Vec::with_capacity(CONCURRENCY);
+    for _ in 0..CONCURRENCY {
+        connections.push(sqlx::PgConnection::connect(db_url).await.unwrap());
+    }
+    let cpu_before = cpu_seconds(0);
     let started = Instant::now();
-    let tasks: Vec<_> = (0..CONCURRENCY)
-        .map(|t| {
-            let (pool, payload, stop) = (pool.clone(), payload.clone(), stop.clone());
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .enumerate()
+        .map(|(t, mut conn)| {
+            let (payload, stop) = (payload.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     sqlx::query(
-                        "insert into jobs (event_id, event_type, payload) values ($1, 'user.created', $2::jsonb)",
+                        "insert into baseline_jobs (event_id, event_type, payload) values ($1, 'user.created', $2::jsonb)",
                     )
                     .bind(format!("base_{t}_{n}"))
                     .bind(&payload)
-                    .execute(&pool)
+                    .execute(&mut conn)
                     .await
                     .unwrap();
                     n += 1;
@@ -240,7 +255,16 @@ async fn baseline_inserts(pool: &PgPool, phase: Duration) -> f64 {
         total += t.await.unwrap();
     }
     let rate = total as f64 / started.elapsed().as_secs_f64();
+    let cpu_after = cpu_seconds(0);
+    sqlx::query("drop table baseline_jobs").execute(pool).await.unwrap();
     println!("baseline: {total} inserts in {:.1} s", started.elapsed().as_secs_f64());
+    let per = |a: f64, b: f64| (b - a) * 1e6 / total.max(1) as f64;
+    let client = per(cpu_before.2, cpu_after.2);
+    println!(
+        "baseline: CPU per insert: {:.0} µs in all = client {client:.0} µs + Postgres and the rest {:.0} µs",
+        per(cpu_before.0, cpu_after.0),
+        per(cpu_before.0, cpu_after.0) - client
+    );
     rate
 }
 
@@ -282,6 +306,10 @@ async fn ingest(db_url: &str, phase: Duration) -> Ingest {
         .port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_orgsync"))
         .args(["serve", "--no-worker", "--listen", &format!("127.0.0.1:{port}")])
+        .env(
+            "ORGSYNC_INGEST_BATCHERS",
+            std::env::var("ORGSYNC_INGEST_BATCHERS").unwrap_or_else(|_| "4".into()),
+        )
         .env("DATABASE_URL", db_url)
         .env("CLERK_WEBHOOK_SECRET", SECRET)
         .env("ORGSYNC_RESYNC_INTERVAL", "off")
@@ -307,7 +335,6 @@ async fn ingest(db_url: &str, phase: Duration) -> Ingest {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let url = format!("{base}/webhooks/clerk");
     let signer = Arc::new(WebhookVerifier::parse(SECRET).unwrap());
     let bodies = Arc::new(webhook_bodies(4096));
 
@@ -326,8 +353,12 @@ async fn ingest(db_url: &str, phase: Duration) -> Ingest {
         }
     });
 
+    // The load generator is a minimal HTTP/1.1 client over keep-alive connections (as wrk is),
+    // so that the machine's two cores go to orgsync and Postgres rather than to the client.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let idle: Arc<std::sync::Mutex<Vec<RawHttp>>> = Arc::default();
     let send = move |id: String, body_index: usize| {
-        let (client, url, signer, bodies) = (client.clone(), url.clone(), signer.clone(), bodies.clone());
+        let (signer, bodies, idle) = (signer.clone(), bodies.clone(), idle.clone());
         async move {
             let body = &bodies[body_index % bodies.len()];
             let now = std::time::SystemTime::now()
@@ -336,14 +367,21 @@ async fn ingest(db_url: &str, phase: Duration) -> Ingest {
                 .as_secs() as i64;
             let headers = signer.sign(&id, now, body.as_bytes());
             let started = Instant::now();
-            let ok = client
-                .post(&url)
-                .headers(headers)
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
+            let pooled = idle.lock().unwrap().pop();
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => match RawHttp::connect(addr).await {
+                    Ok(c) => c,
+                    Err(_) => return (false, started.elapsed()),
+                },
+            };
+            let ok = match conn.post("/webhooks/clerk", &headers, body).await {
+                Ok(status) => {
+                    idle.lock().unwrap().push(conn);
+                    (200..300).contains(&status)
+                }
+                Err(_) => false,
+            };
             (ok, started.elapsed())
         }
     };
@@ -355,6 +393,7 @@ async fn ingest(db_url: &str, phase: Duration) -> Ingest {
         .count()
         .await;
     let stop = Arc::new(AtomicBool::new(false));
+    let cpu_before = cpu_seconds(pid);
     let started = Instant::now();
     let tasks: Vec<_> = (0..CONCURRENCY)
         .map(|t| {
@@ -386,11 +425,19 @@ async fn ingest(db_url: &str, phase: Duration) -> Ingest {
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = cpu_seconds(pid);
     latencies.sort();
     let rate = latencies.len() as f64 / elapsed;
     println!(
         "ingest: {} accepted, {errors} failed in {elapsed:.1} s",
         latencies.len()
+    );
+    let per = |a: f64, b: f64| (b - a) * 1e6 / latencies.len().max(1) as f64;
+    let (orgsync, generator) = (per(cpu_before.1, cpu_after.1), per(cpu_before.2, cpu_after.2));
+    println!(
+        "ingest: CPU per delivery: {:.0} µs in all = orgsync {orgsync:.0} µs + load generator {generator:.0} µs + Postgres and the rest {:.0} µs",
+        per(cpu_before.0, cpu_after.0),
+        per(cpu_before.0, cpu_after.0) - orgsync - generator
     );
 
     // Open loop at a fixed offered load: latency counts from the intended send time, so a
@@ -437,6 +484,99 @@ async fn ingest(db_url: &str, phase: Duration) -> Ingest {
         fixed_errors,
         peak_rss_kib,
     }
+}
+
+/// One keep-alive HTTP/1.1 connection that sends a request and reads the whole answer.
+struct RawHttp {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawHttp {
+    async fn connect(addr: std::net::SocketAddr) -> std::io::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buf: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Ok(status) once the answer (headers and body) is read.
+    async fn post(&mut self, path: &str, headers: &http::HeaderMap, body: &str) -> std::io::Result<u16> {
+        use std::fmt::Write as _;
+        use tokio::io::AsyncWriteExt;
+        let mut req = String::with_capacity(body.len() + 256);
+        let _ = write!(
+            req,
+            "POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            let _ = write!(req, "{k}: {}\r\n", v.to_str().unwrap_or_default());
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        self.stream.write_all(req.as_bytes()).await?;
+        self.buf.clear();
+        let broken = || std::io::Error::other("malformed answer");
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end]).map_err(|_| broken())?;
+                let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(broken)?;
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_owned())
+                    })
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                while self.buf.len() < end + 4 + length {
+                    self.read_more().await?;
+                }
+                return Ok(status);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    async fn read_more(&mut self) -> std::io::Result<()> {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}
+
+/// CPU seconds used so far by: the whole machine, process `pid`, and this process (Linux).
+fn cpu_seconds(pid: u32) -> (f64, f64, f64) {
+    let ticks = |stat: &str| -> f64 {
+        // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let t = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        t / 100.0 // USER_HZ
+    };
+    // /proc/stat's first line: user nice system idle iowait irq softirq steal ...; busy = all but idle and iowait.
+    let machine = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        let v: Vec<f64> = s
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        Some((v.iter().sum::<f64>() - v.get(3)? - v.get(4)?) / 100.0)
+    });
+    let of = |p: &str| std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(0.0, |s| ticks(&s));
+    (machine.unwrap_or(0.0), of(&pid.to_string()), of("self"))
 }
 
 /// A `/proc/<pid>/status` field in KiB (Linux).
@@ -590,10 +730,81 @@ async fn reconcile(pool: &PgPool, scale: f64) -> (f64, usize, String) {
     (n as f64 / elapsed, n, described)
 }
 
+#[path = "../tests/fake_clerk/mod.rs"]
+mod fake_clerk;
+
 mod resync {
     use super::*;
+    use orgsync::clerk::api::ClerkClient;
+    use orgsync::resync::{resync, ResyncOptions};
 
-    pub async fn run(_pool: &PgPool, _scale: f64) -> Vec<Row> {
-        Vec::new()
+    /// A digest of every domain row's `xmin`: unchanged exactly when no row was written.
+    async fn fingerprint(pool: &PgPool) -> String {
+        sqlx::query_scalar(
+            "select md5(concat_ws('|',
+                (select string_agg(id || ':' || xmin::text, ',' order by id) from hotels),
+                (select string_agg(id || ':' || xmin::text, ',' order by id) from users),
+                (select string_agg(hotel_id || user_id || ':' || xmin::text, ',' order by hotel_id, user_id)
+                 from memberships)))",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    }
+
+    pub async fn run(pool: &PgPool, scale: f64, baseline: f64) -> Vec<Row> {
+        let (orgs, users, members) = (
+            (10_000.0 * scale) as usize,
+            (50_000.0 * scale) as usize,
+            (100_000.0 * scale) as usize,
+        );
+        truncate(pool).await;
+        let fake = fake_clerk::FakeClerk::start().await;
+        fake.seed(orgs, users, members, 1_764_000_000_000);
+        // The fake's key is a development key; allow production's budget (1000 per 10 s).
+        let client = ClerkClient::new(&fake.url(), fake_clerk::KEY, 1000, Duration::from_secs(30)).unwrap();
+        let options = ResyncOptions::default();
+
+        let started = Instant::now();
+        let first = resync(pool, &client, &options)
+            .await
+            .expect("resync from empty succeeds");
+        let empty = started.elapsed();
+        let requests = fake.log().len();
+        let before = fingerprint(pool).await;
+        let started = Instant::now();
+        let again = resync(pool, &client, &options)
+            .await
+            .expect("unchanged resync succeeds");
+        let unchanged = started.elapsed();
+        let wrote_nothing = again.is_unchanged() && fingerprint(pool).await == before;
+        println!(
+            "resync: {} hotels, {} users, {} memberships created in {:.2} s ({requests} requests); unchanged run {:.2} s, wrote nothing: {wrote_nothing}",
+            first.hotels.created.len(),
+            first.users.created.len(),
+            first.memberships.created.len(),
+            empty.as_secs_f64(),
+            unchanged.as_secs_f64()
+        );
+        assert!(wrote_nothing, "an unchanged resync must write nothing");
+        truncate(pool).await;
+        vec![
+            Row {
+                what: format!("resync from empty ({orgs} orgs, {members} memberships, {users} users)"),
+                figure: format!("{:.2} s", empty.as_secs_f64()),
+                // Rows written per second, against single-row inserts per second.
+                ratio: format!(
+                    "{:.2}×",
+                    (orgs + users + members) as f64 / empty.as_secs_f64() / baseline
+                ),
+                target: "≤ 60 s".into(),
+            },
+            Row {
+                what: "resync, nothing changed (writes nothing)".into(),
+                figure: format!("{:.2} s", unchanged.as_secs_f64()),
+                ratio: String::new(),
+                target: "≤ 15 s".into(),
+            },
+        ]
     }
 }

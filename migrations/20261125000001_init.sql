@@ -69,6 +69,17 @@ create index jobs_waiting_for on jobs (waiting_for) where state = 'available' an
 create index jobs_state_received on jobs (state, received_at);
 create index jobs_done_at on jobs (done_at) where state in ('done', 'skipped');
 
+-- Wake the workers (LISTEN orgsync_jobs) whenever jobs are enqueued, whoever inserts them.
+-- Postgres delivers the notification at commit, once per transaction. (A statement that stored
+-- only skipped or duplicate deliveries wakes them for nothing; that is cheaper than checking.)
+create function jobs_notify() returns trigger language plpgsql as $$
+begin
+    perform pg_notify('orgsync_jobs', '');
+    return null;
+end
+$$;
+create trigger jobs_notify after insert on jobs for each statement execute function jobs_notify();
+
 -- Small key/value settings kept by the service itself (e.g. a generated webhook secret).
 create table settings (
     key        text primary key,

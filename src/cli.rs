@@ -237,6 +237,11 @@ pub struct ServeArgs {
     /// Do not run workers (a receiver-only process).
     #[arg(long, env = "ORGSYNC_NO_WORKER")]
     pub no_worker: bool,
+    /// Concurrent enqueue batchers, each committing one batch of deliveries at a time. One is
+    /// fastest on small machines: its batches are larger, and concurrent inserts into the job
+    /// table's ever-increasing indexes contend for the same pages.
+    #[arg(long, env = "ORGSYNC_INGEST_BATCHERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub ingest_batchers: u16,
     /// Most database connections this process opens.
     #[arg(long, env = "ORGSYNC_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
@@ -324,7 +329,10 @@ impl ServeArgs {
                 max_connections: self.db_pool_size,
                 ..PoolSettings::default()
             },
-            ingest: IngestSettings::default(),
+            ingest: IngestSettings {
+                batchers: usize::from(self.ingest_batchers),
+                ..IngestSettings::default()
+            },
             worker_settings: self.worker.settings(),
             clerk: self.clerk.clerk_secret_key.is_some().then(|| self.clerk.clone()),
             resync_interval: self.resync_interval.0,

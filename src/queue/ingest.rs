@@ -9,8 +9,6 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::NOTIFY_CHANNEL;
-
 /// One verified delivery to store.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -68,7 +66,7 @@ pub struct IngestSettings {
 impl Default for IngestSettings {
     fn default() -> Self {
         Self {
-            batchers: 2,
+            batchers: 1,
             max_batch: 512,
             timeout: Duration::from_secs(5),
         }
@@ -146,20 +144,20 @@ async fn batcher(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batc
     }
 }
 
-/// Inserts a batch in one transaction and notifies the workers once. Returns the event ids
-/// that were new (the others were already stored, or repeated within the batch).
+/// Inserts a batch with one statement, committed on its own (the `jobs_notify` trigger wakes the
+/// workers in the same commit). Returns the event ids that were new (the others were already
+/// stored, or repeated within the batch).
 async fn insert_batch(pool: &PgPool, batch: &[Pending]) -> Result<std::collections::HashSet<String>, sqlx::Error> {
     let mut ids = Vec::with_capacity(batch.len());
     let mut types = Vec::with_capacity(batch.len());
     let mut payloads = Vec::with_capacity(batch.len());
     let mut skipped = Vec::with_capacity(batch.len());
     for p in batch {
-        ids.push(p.job.event_id.clone());
-        types.push(p.job.event_type.clone());
-        payloads.push(p.job.payload.clone());
+        ids.push(p.job.event_id.as_str());
+        types.push(p.job.event_type.as_str());
+        payloads.push(p.job.payload.as_str());
         skipped.push(p.job.skipped);
     }
-    let mut tx = pool.begin().await?;
     let inserted = sqlx::query_scalar!(
         r#"
         insert into jobs (event_id, event_type, payload, state, done_at)
@@ -170,18 +168,12 @@ async fn insert_batch(pool: &PgPool, batch: &[Pending]) -> Result<std::collectio
         on conflict (event_id) do nothing
         returning event_id
         "#,
-        &ids,
-        &types,
-        &payloads,
+        &ids as &[&str],
+        &types as &[&str],
+        &payloads as &[&str],
         &skipped,
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(pool)
     .await?;
-    if skipped.iter().zip(&ids).any(|(s, id)| !s && inserted.contains(id)) {
-        sqlx::query!("select pg_notify($1, '')", NOTIFY_CHANNEL)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
     Ok(inserted.into_iter().collect())
 }
