@@ -114,6 +114,28 @@ fn describe() {
         Unit::Seconds,
         "Unix time the last applied resync succeeded."
     );
+    describe_histogram!(
+        "orgsync_resync_duration_seconds",
+        Unit::Seconds,
+        "Time a resync run took, listing and writing."
+    );
+    describe_counter!(
+        "orgsync_resync_changes_total",
+        "Rows a resync changed, by table (hotels, users, memberships) and action (created, updated, deleted)."
+    );
+    describe_counter!(
+        "orgsync_self_heal_total",
+        "Missing hotels fetched from Clerk by the workers, by outcome."
+    );
+    describe_counter!(
+        "orgsync_clerk_requests_total",
+        "Clerk Backend API requests, by endpoint and HTTP status (or transport error)."
+    );
+    describe_histogram!(
+        "orgsync_clerk_request_duration_seconds",
+        Unit::Seconds,
+        "Clerk Backend API request time, by endpoint."
+    );
     describe_gauge!(
         "orgsync_database_up",
         "1 when the last scrape could read the job table, 0 when it could not (the job gauges are then stale)."

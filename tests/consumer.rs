@@ -581,7 +581,10 @@ async fn an_enqueued_event_wakes_idle_workers_through_notify(pool: PgPool) {
 async fn polling_finds_jobs_that_arrived_without_a_notification(pool: PgPool) {
     // Enqueued without the trigger that notifies (as by a tool that bypasses it, or a lost
     // notification): only polling can find it.
-    sqlx::query("alter table jobs disable trigger jobs_notify").execute(&pool).await.unwrap();
+    sqlx::query("alter table jobs disable trigger jobs_notify")
+        .execute(&pool)
+        .await
+        .unwrap();
     let app = TestApp::full(pool.clone()).await; // polls every 50 ms
     tokio::time::sleep(Duration::from_millis(200)).await;
     insert_job(&pool, "quiet", &organization("organization.created", H, "A", T0, T0, 1)).await;

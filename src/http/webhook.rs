@@ -122,7 +122,7 @@ pub async fn receive(
         (Enqueued::New, true) => "skipped",
         (Enqueued::New, false) => "accepted",
     };
-    metrics::counter!("orgsync_webhook_deliveries_total", "outcome" => label, "reason" => "").increment(1);
+    metrics::counter!("orgsync_webhook_deliveries_total", "outcome" => label).increment(1);
     tracing::debug!(outcome = label, "delivery stored");
     let status = if outcome == Enqueued::New {
         StatusCode::ACCEPTED
