@@ -426,22 +426,12 @@ async fn a_claimed_job_is_invisible_to_other_claimers(pool: PgPool) {
     .await;
 
     // Hold the hotel row so the first worker blocks mid-batch, its job claimed.
-    let mut blocker = pool.begin().await.unwrap();
-    sqlx::query("select 1 from hotels where id = $1 for update")
-        .bind(H)
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let blocker = hold_hotel_row(&pool, H).await;
     let first = tokio::spawn({
         let (pool, s) = (pool.clone(), s.clone());
         async move { run_batch(&pool, &s).await.unwrap() }
     });
-    wait_until(
-        &pool,
-        "select count(*) = 1 from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()",
-        Duration::from_secs(10),
-    )
-    .await;
+    wait_for_lock_waiters(&pool, "%", 1).await;
     let second = run_batch(&pool, &s).await.unwrap();
     assert_eq!(
         second.claimed, 0,

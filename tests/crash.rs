@@ -54,45 +54,10 @@ async fn a_worker_killed_mid_batch_leaves_nothing_half_applied(pool: PgPool) {
 
     // Hold hotel h0 so the worker blocks on the fourth job, the first three applied but not
     // committed.
-    let mut blocker = pool.begin().await.unwrap();
-    sqlx::query("select 1 from hotels where id = $1 for update")
-        .bind(h0)
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
-
-    let db: String = sqlx::query_scalar("select current_database()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let url = format!("{}/{db}", base.rsplit_once('/').unwrap().0);
-    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_orgsync"))
-        .args([
-            "serve",
-            "--no-receiver",
-            "--workers",
-            "1",
-            "--batch-size",
-            "10",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("DATABASE_URL", &url)
-        .env("ORGSYNC_RESYNC_INTERVAL", "off")
-        .env("ORGSYNC_LOG_FORMAT", "json")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_until(
-        &pool,
-        "select count(*) = 1 from pg_stat_activity
-         where datname = current_database() and application_name = 'orgsync' and wait_event_type = 'Lock'",
-        Duration::from_secs(30),
-    )
-    .await;
+    let blocker = hold_hotel_row(&pool, h0).await;
+    let url = test_database_url(&pool).await;
+    let mut worker = spawn_worker_process(&url, &["--workers", "1", "--batch-size", "10"]);
+    wait_for_lock_waiters(&pool, "orgsync", 1).await;
 
     worker.start_kill().unwrap(); // SIGKILL: no graceful anything
     worker.wait().await.unwrap();

@@ -11,15 +11,6 @@ use sqlx::PgPool;
 
 const T0: i64 = 1_764_000_000_000;
 
-async fn database_url(pool: &PgPool) -> String {
-    let db: String = sqlx::query_scalar("select current_database()")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let base = std::env::var("DATABASE_URL").unwrap();
-    format!("{}/{db}", base.rsplit_once('/').unwrap().0)
-}
-
 #[sqlx::test]
 async fn sigterm_finishes_the_batch_in_flight_then_exits(pool: PgPool) {
     let h = "org_2term00000000000000000001";
@@ -37,37 +28,10 @@ async fn sigterm_finishes_the_batch_in_flight_then_exits(pool: PgPool) {
     )
     .await;
 
-    let mut blocker = pool.begin().await.unwrap();
-    sqlx::query("select 1 from hotels where id = $1 for update")
-        .bind(h)
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_orgsync"))
-        .args([
-            "serve",
-            "--no-receiver",
-            "--workers",
-            "1",
-            "--listen",
-            "127.0.0.1:0",
-            "--poll-interval",
-            "50ms",
-        ])
-        .env("DATABASE_URL", database_url(&pool).await)
-        .env("ORGSYNC_RESYNC_INTERVAL", "off")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_until(
-        &pool,
-        "select count(*) = 1 from pg_stat_activity
-         where datname = current_database() and application_name = 'orgsync' and wait_event_type = 'Lock'",
-        Duration::from_secs(30),
-    )
-    .await;
+    let blocker = hold_hotel_row(&pool, h).await;
+    let url = test_database_url(&pool).await;
+    let mut child = spawn_worker_process(&url, &["--workers", "1", "--poll-interval", "50ms"]);
+    wait_for_lock_waiters(&pool, "orgsync", 1).await;
     let pid = child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])

@@ -279,3 +279,50 @@ pub async fn job_state(pool: &PgPool, event_id: &str) -> (String, i32, Option<St
         .await
         .unwrap()
 }
+
+/// The URL of the per-test database behind `pool` (on the server of `DATABASE_URL`).
+pub async fn test_database_url(pool: &PgPool) -> String {
+    let db: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let base = std::env::var("DATABASE_URL").unwrap();
+    format!("{}/{db}", base.rsplit_once('/').unwrap().0)
+}
+
+/// Locks hotel `id` in a transaction of its own, so a worker applying an event of that hotel
+/// blocks mid-batch until the returned transaction ends.
+pub async fn hold_hotel_row(pool: &PgPool, id: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("select 1 from hotels where id = $1 for update")
+        .bind(id)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    blocker
+}
+
+/// Waits until `count` sessions of this test's database, whose `application_name` is like
+/// `app`, are waiting for a lock.
+pub async fn wait_for_lock_waiters(pool: &PgPool, app: &str, count: i64) {
+    let sql = format!(
+        "select count(*) = {count} from pg_stat_activity
+         where datname = current_database() and application_name like '{app}' and wait_event_type = 'Lock'"
+    );
+    wait_until(pool, &sql, Duration::from_secs(30)).await;
+}
+
+/// Starts the real `orgsync serve --no-receiver` binary on `database_url` with `args` added.
+pub fn spawn_worker_process(database_url: &str, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_orgsync"))
+        .args(["serve", "--no-receiver", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("ORGSYNC_RESYNC_INTERVAL", "off")
+        .env("ORGSYNC_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
