@@ -36,6 +36,8 @@ pub struct ServeConfig {
     pub resync_interval: Option<std::time::Duration>,
     /// Attempts after which a membership job's missing hotel is fetched from Clerk.
     pub self_heal_after: i32,
+    /// Largest share of live hotels the scheduled resync may delete (it refuses beyond).
+    pub mass_delete_threshold: f64,
 }
 
 /// A built service, its sockets bound, ready to run.
@@ -175,6 +177,10 @@ impl Application {
                 self.pool.clone(),
                 client.clone(),
                 interval,
+                crate::resync::ResyncOptions {
+                    mass_delete_threshold: self.config.mass_delete_threshold,
+                    ..Default::default()
+                },
                 cancel.clone(),
             ))),
             _ => None,

@@ -256,6 +256,11 @@ pub struct ServeArgs {
     /// that organization from Clerk (needs CLERK_SECRET_KEY).
     #[arg(long, env = "ORGSYNC_SELF_HEAL_AFTER", default_value_t = 3)]
     pub self_heal_after: i32,
+    /// Largest share of live hotels the scheduled resync may delete; beyond it the run is
+    /// refused (and reported by `orgsync status`) until an operator runs
+    /// `orgsync resync --allow-mass-delete`.
+    #[arg(long, env = "ORGSYNC_MASS_DELETE_THRESHOLD", default_value_t = 0.10)]
+    pub mass_delete_threshold: f64,
 }
 
 /// A schedule period that can be switched off.
@@ -337,6 +342,7 @@ impl ServeArgs {
             clerk: self.clerk.clerk_secret_key.is_some().then(|| self.clerk.clone()),
             resync_interval: self.resync_interval.0,
             self_heal_after: self.self_heal_after,
+            mass_delete_threshold: self.mass_delete_threshold,
         }
     }
 }

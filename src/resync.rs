@@ -1804,10 +1804,15 @@ async fn wake_jobs_waiting_for(conn: &mut PgConnection, hotels: &[String]) -> Re
 /// waiting, looks again under the lock (another replica may have just finished), and only then
 /// runs. A run in progress when `cancel` fires is abandoned (its open chunk rolls back) and
 /// recorded as failed.
-pub async fn schedule(pool: PgPool, client: ClerkClient, interval: Duration, cancel: CancellationToken) {
+pub async fn schedule(
+    pool: PgPool,
+    client: ClerkClient,
+    interval: Duration,
+    options: ResyncOptions,
+    cancel: CancellationToken,
+) {
     let check_every = interval.min(Duration::from_secs(60)).max(Duration::from_millis(10));
     let retry_after = interval.min(Duration::from_secs(15 * 60));
-    let options = ResyncOptions::default();
     tracing::info!(interval_s = interval.as_secs_f64(), "scheduled resync enabled");
     while !cancel.is_cancelled() {
         match scheduled_tick(&pool, &client, interval, retry_after, &options, &cancel).await {

@@ -767,6 +767,42 @@ fn with_clerk(fake: &FakeClerk, worker: bool) -> orgsync::app::ServeConfig {
 }
 
 #[sqlx::test]
+async fn the_scheduled_resync_uses_the_configured_mass_delete_threshold(pool: PgPool) {
+    let fake = converged(&pool, 10, 5, 5).await;
+    for i in 1..=5 {
+        fake.delete_org(&format!("org_s{i:07}")); // half of the live hotels gone from Clerk
+    }
+    sqlx::query("delete from resync_runs").execute(&pool).await.unwrap(); // due at once
+    let mut cfg = with_clerk(&fake, false);
+    cfg.resync_interval = Some(Duration::from_secs(3600));
+    let refused = TestApp::spawn(pool.clone(), cfg.clone()).await;
+    let finished = "select exists (select 1 from resync_runs where outcome <> 'running')";
+    wait_until(&pool, finished, Duration::from_secs(10)).await;
+    refused.stop().await;
+    let outcome: String = sqlx::query_scalar("select outcome from resync_runs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome, "refused",
+        "the default 10% threshold refuses deleting half the hotels"
+    );
+    assert_eq!(live(&pool, "hotels").await, 10, "a refused run writes nothing");
+
+    sqlx::query("delete from resync_runs").execute(&pool).await.unwrap();
+    cfg.mass_delete_threshold = 0.6;
+    let allowed = TestApp::spawn(pool.clone(), cfg).await;
+    wait_until(&pool, finished, Duration::from_secs(10)).await;
+    allowed.stop().await;
+    let (outcome, error): (String, Option<String>) = sqlx::query_as("select outcome, error from resync_runs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(outcome, "succeeded", "{error:?}");
+    assert_eq!(live(&pool, "hotels").await, 5);
+}
+
+#[sqlx::test]
 async fn two_replicas_scheduling_at_once_run_one_resync(pool: PgPool) {
     let fake = FakeClerk::start().await;
     fake.seed(5, 5, 5, BASE);

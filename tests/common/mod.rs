@@ -67,6 +67,7 @@ pub fn config(secrets: Option<&str>, worker: bool) -> ServeConfig {
         clerk: None,
         resync_interval: None,
         self_heal_after: 3,
+        mass_delete_threshold: 0.10,
     }
 }
 
