@@ -41,8 +41,10 @@ async fn membership_row(pool: &PgPool, hotel: &str, user: &str) -> Option<(Strin
     .unwrap()
 }
 
-#[sqlx::test]
-async fn fixture_events_delivered_over_http_become_rows(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn fixture_events_delivered_over_http_become_rows() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::full(pool.clone()).await;
     for (i, name) in ["organization.created", "user.created", "organizationMembership.created"]
         .iter()
@@ -103,8 +105,10 @@ async fn fixture_events_delivered_over_http_become_rows(pool: PgPool) {
     app.stop().await;
 }
 
-#[sqlx::test]
-async fn an_older_event_never_overwrites_a_newer_one(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_event_never_overwrites_a_newer_one() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let s = fast_workers();
     insert_job(
         &pool,
@@ -132,8 +136,10 @@ async fn an_older_event_never_overwrites_a_newer_one(pool: PgPool) {
     assert_eq!(user_row(&pool, U).await.unwrap().1.as_deref(), Some("New"));
 }
 
-#[sqlx::test]
-async fn tombstones_are_final_for_hotels_users_and_memberships(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn tombstones_are_final_for_hotels_users_and_memberships() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let s = fast_workers();
     insert_job(&pool, "hd", &organization_deleted(H, 1_764_000_500)).await; // seconds
     insert_job(
@@ -231,8 +237,10 @@ async fn tombstones_are_final_for_hotels_users_and_memberships(pool: PgPool) {
     assert_eq!(states, vec!["done".to_owned()]);
 }
 
-#[sqlx::test]
-async fn deleting_a_user_ends_their_memberships(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_user_ends_their_memberships() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let s = fast_workers();
     insert_job(&pool, "h", &organization("organization.created", H, "A", T0, T0, 1)).await;
     insert_job(
@@ -260,8 +268,10 @@ async fn deleting_a_user_ends_their_memberships(pool: PgPool) {
     );
 }
 
-#[sqlx::test]
-async fn a_membership_stub_user_never_overwrites_user_event_data(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_membership_stub_user_never_overwrites_user_event_data() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let s = fast_workers();
     insert_job(&pool, "h", &organization("organization.created", H, "A", T0, T0, 1)).await;
     insert_job(&pool, "u", &user("user.created", U, "Maria", "maria@x.test", T0, T0, 1)).await;
@@ -314,8 +324,10 @@ async fn a_membership_stub_user_never_overwrites_user_event_data(pool: PgPool) {
     assert_eq!(user_row(&pool, u2).await.unwrap().0.as_deref(), Some("late@x.test"));
 }
 
-#[sqlx::test]
-async fn a_membership_before_its_hotel_retries_then_applies_once_the_hotel_arrives(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_membership_before_its_hotel_retries_then_applies_once_the_hotel_arrives() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let mut s = fast_workers();
     s.retry_base = Duration::from_secs(60); // a long backoff: only the wake-up can make it prompt
     s.retry_cap = Duration::from_secs(60);
@@ -350,8 +362,10 @@ async fn a_membership_before_its_hotel_retries_then_applies_once_the_hotel_arriv
     );
 }
 
-#[sqlx::test]
-async fn a_membership_of_a_deleted_hotel_completes_without_effect(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_membership_of_a_deleted_hotel_completes_without_effect() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let s = fast_workers();
     insert_job(&pool, "h", &organization("organization.created", H, "A", T0, T0, 1)).await;
     insert_job(&pool, "hd", &organization_deleted(H, T0 + 10)).await;
@@ -368,8 +382,10 @@ async fn a_membership_of_a_deleted_hotel_completes_without_effect(pool: PgPool) 
     assert!(hotel(&pool, H).await.unwrap().2);
 }
 
-#[sqlx::test]
-async fn retryable_failures_dead_letter_after_max_attempts_keeping_every_error(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn retryable_failures_dead_letter_after_max_attempts_keeping_every_error() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let mut s = fast_workers();
     s.retry_base = Duration::ZERO;
     s.max_attempts = 4;
@@ -396,8 +412,10 @@ async fn retryable_failures_dead_letter_after_max_attempts_keeping_every_error(p
     assert_eq!(attempts, vec![1, 2, 3, 4]);
 }
 
-#[sqlx::test]
-async fn a_poison_job_is_dead_at_once_and_the_queue_keeps_moving(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_job_is_dead_at_once_and_the_queue_keeps_moving() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let s = fast_workers();
     let mut poison = organization("organization.created", H, "A", T0, T0, 1);
     poison["data"]["created_at"] = serde_json::json!("yesterday");
@@ -413,8 +431,10 @@ async fn a_poison_job_is_dead_at_once_and_the_queue_keeps_moving(pool: PgPool) {
     assert!(user_row(&pool, U).await.is_some());
 }
 
-#[sqlx::test]
-async fn a_claimed_job_is_invisible_to_other_claimers(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claimed_job_is_invisible_to_other_claimers() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let s = fast_workers();
     insert_job(&pool, "h0", &organization("organization.created", H, "A", T0, T0, 1)).await;
     drain(&pool, &s, 5).await;
@@ -443,8 +463,10 @@ async fn a_claimed_job_is_invisible_to_other_claimers(pool: PgPool) {
     assert_eq!(hotel(&pool, H).await.unwrap().0, "B");
 }
 
-#[sqlx::test]
-async fn retry_bookkeeping_commits_with_the_release_of_the_lock(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_bookkeeping_commits_with_the_release_of_the_lock() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let mut s = fast_workers();
     s.retry_base = Duration::from_secs(30);
     insert_job(
@@ -461,8 +483,10 @@ async fn retry_bookkeeping_commits_with_the_release_of_the_lock(pool: PgPool) {
     assert_eq!((state.as_str(), attempts), ("available", 1));
 }
 
-#[sqlx::test]
-async fn concurrent_writers_of_one_hotel_never_lose_the_newest_update(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_writers_of_one_hotel_never_lose_the_newest_update() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     // Many transactions write versions of one hotel at once, in random order: the newest wins.
     let org = |v: i64| orgsync::clerk::Organization {
         id: orgsync::clerk::HotelId::parse(H).unwrap(),
@@ -495,8 +519,10 @@ async fn concurrent_writers_of_one_hotel_never_lose_the_newest_update(pool: PgPo
     assert_eq!(hotel(&pool, H).await, Some(("v40".into(), T0 + 40, false)));
 }
 
-#[sqlx::test]
-async fn a_membership_racing_its_hotels_delete_never_stays_live(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_membership_racing_its_hotels_delete_never_stays_live() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let s = fast_workers();
     for round in 0..20 {
         let h = format!("org_2race{round:021}");
@@ -547,8 +573,10 @@ async fn a_membership_racing_its_hotels_delete_never_stays_live(pool: PgPool) {
     }
 }
 
-#[sqlx::test]
-async fn an_enqueued_event_wakes_idle_workers_through_notify(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn an_enqueued_event_wakes_idle_workers_through_notify() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let mut cfg = config(Some(SECRET), true);
     cfg.worker_settings.poll_interval = Duration::from_secs(3600); // polling alone would never see it
     let app = TestApp::spawn(pool.clone(), cfg).await;
@@ -567,8 +595,10 @@ async fn an_enqueued_event_wakes_idle_workers_through_notify(pool: PgPool) {
     app.stop().await;
 }
 
-#[sqlx::test]
-async fn polling_finds_jobs_that_arrived_without_a_notification(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn polling_finds_jobs_that_arrived_without_a_notification() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     // Enqueued without the trigger that notifies (as by a tool that bypasses it, or a lost
     // notification): only polling can find it.
     sqlx::query("alter table jobs disable trigger jobs_notify")
@@ -587,8 +617,10 @@ async fn polling_finds_jobs_that_arrived_without_a_notification(pool: PgPool) {
     app.stop().await;
 }
 
-#[sqlx::test]
-async fn a_stub_user_waits_while_another_worker_holds_that_users_events(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stub_user_waits_while_another_worker_holds_that_users_events() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let s = fast_workers();
     insert_job(&pool, "h", &organization("organization.created", H, "A", T0, T0, 1)).await;
     drain(&pool, &s, 5).await;

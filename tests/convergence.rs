@@ -270,8 +270,7 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
-        let base = std::env::var("DATABASE_URL").unwrap();
-        let server = PgPool::connect(&base).await.unwrap();
+        let server = PgPool::connect(&database_on_server("postgres")).await.unwrap();
         let db = format!("orgsync_convergence_{}", std::process::id());
         sqlx::query(&format!("drop database if exists {db} with (force)"))
             .execute(&server)
@@ -281,7 +280,7 @@ impl Harness {
             .execute(&server)
             .await
             .unwrap();
-        let url = format!("{}/{db}", base.rsplit_once('/').unwrap().0);
+        let url = database_on_server(&db);
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(20)
             .connect(&url)

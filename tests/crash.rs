@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use common::events::*;
 use common::*;
-use sqlx::PgPool;
 
 const T0: i64 = 1_764_000_000_000;
 
-#[sqlx::test]
-async fn a_worker_killed_mid_batch_leaves_nothing_half_applied(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_batch_leaves_nothing_half_applied() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let h0 = "org_2crash0000000000000000000";
     insert_job(
         &pool,

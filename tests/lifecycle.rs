@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use common::events::*;
 use common::*;
-use sqlx::PgPool;
 
 const T0: i64 = 1_764_000_000_000;
 
-#[sqlx::test]
-async fn sigterm_finishes_the_batch_in_flight_then_exits(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_the_batch_in_flight_then_exits() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let h = "org_2term00000000000000000001";
     insert_job(
         &pool,
@@ -60,8 +61,10 @@ async fn sigterm_finishes_the_batch_in_flight_then_exits(pool: PgPool) {
     assert_eq!(name, "After");
 }
 
-#[sqlx::test]
-async fn done_and_skipped_jobs_are_pruned_after_the_retention_period_only(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn done_and_skipped_jobs_are_pruned_after_the_retention_period_only() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     for (id, state, age_days) in [
         ("old-done", "done", 8),
         ("old-skipped", "skipped", 8),
@@ -110,8 +113,10 @@ impl std::io::Write for Captured {
     }
 }
 
-#[sqlx::test]
-async fn logs_carry_ids_and_types_but_never_secrets_or_payloads(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_carry_ids_and_types_but_never_secrets_or_payloads() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()

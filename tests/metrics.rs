@@ -15,7 +15,6 @@ use orgsync::app::Application;
 use orgsync::clerk::signature::WebhookVerifier;
 use orgsync::db::PoolSettings;
 use orgsync::http::{admin_router, AdminState};
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -276,8 +275,10 @@ fn the_reader_is_strict() {
     assert_eq!(exp.value("x_total", &[("a", "q\"\\"), ("b", "")]), Some(3.0));
 }
 
-#[sqlx::test]
-async fn metrics_parse_and_move_when_events_are_processed(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_parse_and_move_when_events_are_processed() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let _serial = SERIAL.lock().await;
     let app = TestApp::full(pool.clone()).await;
     let base = format!("http://{}", app.addr);
@@ -365,8 +366,10 @@ async fn metrics_parse_and_move_when_events_are_processed(pool: PgPool) {
     app.stop().await;
 }
 
-#[sqlx::test]
-async fn gauges_mirror_the_job_table_and_the_resync_history(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn gauges_mirror_the_job_table_and_the_resync_history() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let _serial = SERIAL.lock().await;
     sqlx::query(
         "insert into jobs (event_id, event_type, payload, state, run_at, received_at) values
@@ -442,8 +445,10 @@ async fn gauges_mirror_the_job_table_and_the_resync_history(pool: PgPool) {
     app.stop().await;
 }
 
-#[sqlx::test]
-async fn the_admin_listener_serves_probes_and_metrics_apart_from_the_webhook(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_serves_probes_and_metrics_apart_from_the_webhook() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let _serial = SERIAL.lock().await;
     let mut cfg = config(Some(SECRET), false);
     cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());

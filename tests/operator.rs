@@ -17,16 +17,9 @@ use sqlx::PgPool;
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// The URL of the test's own database (the server of `DATABASE_URL`, the database of `pool`).
+/// The URL of the test's own database.
 async fn db_url(pool: &PgPool) -> String {
-    let name: String = sqlx::query_scalar("select current_database()")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let server = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let mut url = reqwest::Url::parse(&server).unwrap();
-    url.set_path(&name);
-    url.to_string()
+    test_database_url(pool).await
 }
 
 struct Run {
@@ -140,8 +133,10 @@ fn ids_of(jobs: &[orgsync::ops::JobSummary]) -> Vec<i64> {
 // ---------------------------------------------------------------------------------------------
 // replay
 
-#[sqlx::test]
-async fn a_dead_job_is_replayed_then_applied_promptly(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_job_is_replayed_then_applied_promptly() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     // One attempt and it is dead; workers poll only every 10 minutes, so anything that happens
     // within the test's timeouts was woken by a notification.
     let mut cfg = config(Some(SECRET), true);
@@ -242,8 +237,10 @@ struct ReplayedRow {
     last_error: Option<String>,
 }
 
-#[sqlx::test]
-async fn replay_resets_the_budget_and_keeps_the_history(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_resets_the_budget_and_keeps_the_history() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let dead = seed_job(&pool, "msg_dead", "user.created", "dead", "2 hours").await;
     let done = seed_job(&pool, "msg_done", "user.updated", "done", "1 hour").await;
     sqlx::query("update jobs set waiting_for = 'org_x', run_at = now() + interval '1 day' where id = $1")
@@ -295,8 +292,10 @@ async fn replay_resets_the_budget_and_keeps_the_history(pool: PgPool) {
     }
 }
 
-#[sqlx::test]
-async fn selectors_combine(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn selectors_combine() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let j1 = seed_job(&pool, "msg_a", "organization.created", "dead", "3 hours").await;
     let j2 = seed_job(&pool, "msg_b", "user.created", "dead", "2 hours").await;
     let j3 = seed_job(&pool, "msg_c", "user.created", "done", "1 hour").await;
@@ -440,8 +439,10 @@ async fn selectors_combine(pool: PgPool) {
     assert_eq!(state_of(&pool, j1).await, "available");
 }
 
-#[sqlx::test]
-async fn a_dry_run_lists_and_changes_nothing(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_lists_and_changes_nothing() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let a = seed_job(&pool, "msg_a", "user.created", "dead", "1 hour").await;
     let b = seed_job(&pool, "msg_b", "organization.updated", "dead", "2 hours").await;
     seed_job(&pool, "msg_c", "user.created", "done", "1 hour").await;
@@ -468,8 +469,10 @@ async fn a_dry_run_lists_and_changes_nothing(pool: PgPool) {
     assert_eq!(jobs_table(&pool).await, before, "a dry run writes nothing");
 }
 
-#[sqlx::test]
-async fn replay_without_a_selector_is_refused(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_without_a_selector_is_refused() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     seed_job(&pool, "msg_a", "user.created", "done", "1 hour").await;
     let before = jobs_table(&pool).await;
     let db = db_url(&pool).await;
@@ -484,8 +487,10 @@ async fn replay_without_a_selector_is_refused(pool: PgPool) {
     assert_eq!(jobs_table(&pool).await, before);
 }
 
-#[sqlx::test]
-async fn replaying_twice_is_safe(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn replaying_twice_is_safe() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::full(pool.clone()).await;
     assert_eq!(
         app.deliver("msg_org", &fixture("organization.created")).await.status(),
@@ -524,8 +529,10 @@ async fn replaying_twice_is_safe(pool: PgPool) {
     app.stop().await;
 }
 
-#[sqlx::test]
-async fn replay_reports_progress_in_chunks(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_reports_progress_in_chunks() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let ids: Vec<i64> = sqlx::query_scalar(
         "insert into jobs (event_id, event_type, payload, state)
          select 'msg_' || n, 'user.created', '{}', 'dead' from generate_series(1, 5) n returning id",
@@ -581,8 +588,10 @@ async fn replay_reports_progress_in_chunks(pool: PgPool) {
 // ---------------------------------------------------------------------------------------------
 // jobs list / jobs show
 
-#[sqlx::test]
-async fn jobs_list_filters_and_limits(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_list_filters_and_limits() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let dead = seed_job(&pool, "msg_dead", "organizationMembership.created", "dead", "1 hour").await;
     seed_job(&pool, "msg_done", "user.created", "done", "1 hour").await;
     let db = db_url(&pool).await;
@@ -625,8 +634,10 @@ async fn jobs_list_filters_and_limits(pool: PgPool) {
     assert!(!run.stderr.contains("showing"), "{run:?}");
 }
 
-#[sqlx::test]
-async fn jobs_show_prints_payload_attempts_errors_and_times(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_show_prints_payload_attempts_errors_and_times() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let id = seed_job(&pool, "msg_dead", "organizationMembership.created", "dead", "1 hour").await;
     let db = db_url(&pool).await;
 
@@ -683,8 +694,10 @@ async fn seed_resync(pool: &PgPool, outcome: &str, dry_run: bool, started_ago: &
     .unwrap();
 }
 
-#[sqlx::test]
-async fn status_is_healthy_on_a_quiet_queue(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn status_is_healthy_on_a_quiet_queue() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     seed_job(&pool, "msg_a", "user.created", "done", "5 minutes").await;
     // A job waiting for a later retry is not "pending too long".
     let retry = seed_job(&pool, "msg_b", "organizationMembership.created", "available", "2 hours").await;
@@ -720,8 +733,10 @@ async fn status_is_healthy_on_a_quiet_queue(pool: PgPool) {
     );
 }
 
-#[sqlx::test]
-async fn status_exits_1_for_dead_jobs(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn status_exits_1_for_dead_jobs() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     seed_job(&pool, "msg_a", "user.created", "dead", "5 minutes").await;
     let run = orgsync(&db_url(&pool).await, &["status"]).await;
     assert_eq!(run.code, 1, "{run:?}");
@@ -731,8 +746,10 @@ async fn status_exits_1_for_dead_jobs(pool: PgPool) {
     );
 }
 
-#[sqlx::test]
-async fn status_exits_1_when_a_due_job_waits_too_long(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn status_exits_1_when_a_due_job_waits_too_long() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     seed_job(&pool, "msg_a", "user.created", "available", "1 hour").await;
     let db = db_url(&pool).await;
     let run = orgsync(&db, &["status"]).await;
@@ -742,8 +759,10 @@ async fn status_exits_1_when_a_due_job_waits_too_long(pool: PgPool) {
     assert_eq!(run.code, 0, "{run:?}");
 }
 
-#[sqlx::test]
-async fn status_follows_the_last_finished_resync(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn status_follows_the_last_finished_resync() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let db = db_url(&pool).await;
     seed_resync(&pool, "failed", false, "3 hours").await;
     let run = orgsync(&db, &["status"]).await;
@@ -794,8 +813,10 @@ async fn status_follows_the_last_finished_resync(pool: PgPool) {
     assert_eq!(s["last_resync"]["counts"], long);
 }
 
-#[sqlx::test]
-async fn status_exits_2_when_the_database_cannot_be_read(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn status_exits_2_when_the_database_cannot_be_read() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let run = orgsync("postgres://postgres@127.0.0.1:1/orgsync", &["status"]).await;
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stdout.contains("cannot read the database"), "{run:?}");
@@ -819,8 +840,10 @@ async fn status_exits_2_when_the_database_cannot_be_read(pool: PgPool) {
 // ---------------------------------------------------------------------------------------------
 // send
 
-#[sqlx::test]
-async fn send_round_trips_through_a_running_receiver(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn send_round_trips_through_a_running_receiver() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::full(pool.clone()).await;
     let db = db_url(&pool).await;
     let url = app.url("/webhooks/clerk");
@@ -922,8 +945,10 @@ async fn send_round_trips_through_a_running_receiver(pool: PgPool) {
     app.stop().await;
 }
 
-#[sqlx::test]
-async fn send_signs_with_the_stored_secret_by_default(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn send_signs_with_the_stored_secret_by_default() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let db = db_url(&pool).await;
     // Before any `serve`, there is no secret to sign with.
     let run = orgsync(
@@ -943,8 +968,10 @@ async fn send_signs_with_the_stored_secret_by_default(pool: PgPool) {
     app.stop().await;
 }
 
-#[sqlx::test]
-async fn send_explains_what_it_cannot_do(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn send_explains_what_it_cannot_do() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let db = db_url(&pool).await;
     let closed = "http://127.0.0.1:1/webhooks/clerk";
     let run = orgsync(

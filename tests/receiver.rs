@@ -8,7 +8,6 @@ use common::*;
 use orgsync::clerk::signature::{VerifyError, WebhookVerifier};
 use orgsync::clerk::{ClerkEvent, Envelope};
 use reqwest::StatusCode;
-use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(serde::Deserialize)]
@@ -123,8 +122,10 @@ fn every_fixture_is_a_clerk_envelope_of_a_handled_event() {
     assert_eq!(user.primary_email(), Some("maria.rossi@example.com"));
 }
 
-#[sqlx::test]
-async fn a_signed_event_is_stored_once_and_acknowledged(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_event_is_stored_once_and_acknowledged() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::receiver(pool.clone()).await;
     let body = fixture("organization.created");
     let first = app.deliver("msg_one", &body).await;
@@ -144,8 +145,10 @@ async fn a_signed_event_is_stored_once_and_acknowledged(pool: PgPool) {
     app.stop().await;
 }
 
-#[sqlx::test]
-async fn fifty_concurrent_deliveries_of_one_event_make_one_job(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_deliveries_of_one_event_make_one_job() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = std::sync::Arc::new(TestApp::receiver(pool.clone()).await);
     let body = fixture("user.created");
     let tasks: Vec<_> = (0..50)
@@ -165,8 +168,10 @@ async fn fifty_concurrent_deliveries_of_one_event_make_one_job(pool: PgPool) {
     assert_eq!(job_count(&pool).await, 1);
 }
 
-#[sqlx::test]
-async fn both_secrets_verify_during_rotation(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn both_secrets_verify_during_rotation() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let secrets = format!("{OLD_SECRET} {SECRET}");
     let app = TestApp::spawn(pool.clone(), config(Some(&secrets), false)).await;
     let body = fixture("user.created");
@@ -188,8 +193,10 @@ async fn both_secrets_verify_during_rotation(pool: PgPool) {
     assert_eq!(job_count(&pool).await, 2);
 }
 
-#[sqlx::test]
-async fn bad_input_gets_its_status_and_stores_nothing(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_its_status_and_stores_nothing() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::receiver(pool.clone()).await;
     let body = fixture("organization.created");
     let url = app.url("/webhooks/clerk");
@@ -271,8 +278,10 @@ async fn bad_input_gets_its_status_and_stores_nothing(pool: PgPool) {
     assert_eq!(job_count(&pool).await, 0, "refused deliveries store nothing");
 }
 
-#[sqlx::test]
-async fn an_oversized_body_is_refused_before_it_is_read(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_body_is_refused_before_it_is_read() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::receiver(pool.clone()).await;
     let headers = app.signer.sign("msg_big", now_secs(), b"{}");
     let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
@@ -296,8 +305,10 @@ async fn an_oversized_body_is_refused_before_it_is_read(pool: PgPool) {
     assert_eq!(job_count(&pool).await, 0);
 }
 
-#[sqlx::test]
-async fn unhandled_event_types_are_acknowledged_and_stored_as_skipped(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn unhandled_event_types_are_acknowledged_and_stored_as_skipped() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::receiver(pool.clone()).await;
     let body = r#"{"type":"session.created","object":"event","timestamp":1764000000,"data":{"id":"sess_1"}}"#;
     assert_eq!(app.deliver("msg_session", body).await.status(), StatusCode::ACCEPTED);
@@ -308,8 +319,10 @@ async fn unhandled_event_types_are_acknowledged_and_stored_as_skipped(pool: PgPo
     assert_eq!(state, "skipped");
 }
 
-#[sqlx::test]
-async fn database_down_answers_503_quickly(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn database_down_answers_503_quickly() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     // A pool pointing at a port where no Postgres listens.
     let dead = sqlx::postgres::PgPoolOptions::new()
         .acquire_timeout(Duration::from_millis(500))
@@ -331,8 +344,10 @@ async fn database_down_answers_503_quickly(pool: PgPool) {
     drop(pool);
 }
 
-#[sqlx::test]
-async fn readyz_is_ok_on_a_migrated_database(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_is_ok_on_a_migrated_database() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::receiver(pool.clone()).await;
     let r = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
@@ -348,8 +363,10 @@ async fn readyz_is_ok_on_a_migrated_database(pool: PgPool) {
     );
 }
 
-#[sqlx::test]
-async fn without_a_configured_secret_one_is_generated_once_and_kept(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_configured_secret_one_is_generated_once_and_kept() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let first = TestApp::spawn(pool.clone(), config(None, false)).await;
     let stored: String = sqlx::query_scalar("select value from settings where key = 'webhook_secret'")
         .fetch_one(&pool)
@@ -370,11 +387,12 @@ async fn without_a_configured_secret_one_is_generated_once_and_kept(pool: PgPool
     assert_eq!(r.status(), StatusCode::ACCEPTED);
 }
 
-#[sqlx::test]
-async fn serve_creates_a_missing_database_and_migrates_it(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_creates_a_missing_database_and_migrates_it() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let name = format!("orgsync_create_{}", std::process::id());
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let url = database_on_server(&name);
     sqlx::query(&format!("drop database if exists {name}"))
         .execute(&pool)
         .await

@@ -143,28 +143,38 @@ async fn converge_from_empty(pool: PgPool, n: usize) {
     assert_eq!(runs, 2);
 }
 
-#[sqlx::test]
-async fn pagination_with_0_items(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn pagination_with_0_items() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     converge_from_empty(pool, 0).await;
 }
 
-#[sqlx::test]
-async fn pagination_with_1_item(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn pagination_with_1_item() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     converge_from_empty(pool, 1).await;
 }
 
-#[sqlx::test]
-async fn pagination_with_500_items(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn pagination_with_500_items() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     converge_from_empty(pool, 500).await;
 }
 
-#[sqlx::test]
-async fn pagination_with_501_items(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn pagination_with_501_items() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     converge_from_empty(pool, 501).await;
 }
 
-#[sqlx::test]
-async fn resync_converges_a_stale_database(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn resync_converges_a_stale_database() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let fake = converged(&pool, 20, 30, 40).await;
     let t = BASE + 100_000;
     // Clerk moved on while webhooks were lost:
@@ -296,8 +306,10 @@ async fn resync_converges_a_stale_database(pool: PgPool) {
     assert_eq!(fingerprint(&pool).await, before);
 }
 
-#[sqlx::test]
-async fn a_member_whose_user_clerk_does_not_return_gets_a_stub(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_whose_user_clerk_does_not_return_gets_a_stub() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let fake = converged(&pool, 2, 2, 2).await;
     let t = BASE + 100_000;
     // Clerk lists the membership but (deleted meanwhile, say) not the user, even by id.
@@ -328,8 +340,10 @@ async fn a_member_whose_user_clerk_does_not_return_gets_a_stub(pool: PgPool) {
 // ---------------------------------------------------------------------------------------------
 // Clerk failures
 
-#[sqlx::test]
-async fn a_429_waits_retry_after_then_succeeds(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_429_waits_retry_after_then_succeeds() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let fake = FakeClerk::start().await;
     fake.seed(3, 3, 3, BASE);
     fake.fail(
@@ -346,8 +360,10 @@ async fn a_429_waits_retry_after_then_succeeds(pool: PgPool) {
     assert_eq!(report.hotels.created.len(), 3);
 }
 
-#[sqlx::test]
-async fn server_errors_are_retried_then_succeed(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn server_errors_are_retried_then_succeed() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let fake = FakeClerk::start().await;
     fake.seed(3, 3, 3, BASE);
     fake.fail(Failure::new("/v1/organization_memberships", 503).times(2));
@@ -381,8 +397,10 @@ async fn timeouts_are_retried_and_bounded() {
     assert!(matches!(err, ClerkApiError::Transport { attempts: 5, .. }), "{err}");
 }
 
-#[sqlx::test]
-async fn a_401_is_a_clear_key_error_and_is_not_retried(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_401_is_a_clear_key_error_and_is_not_retried() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let fake = converged(&pool, 3, 3, 3).await;
     fake.set_key("sk_test_anotherinstance");
     let before = fingerprint(&pool).await;
@@ -402,8 +420,10 @@ async fn a_401_is_a_clear_key_error_and_is_not_retried(pool: PgPool) {
     assert!(error.unwrap().contains("CLERK_SECRET_KEY"));
 }
 
-#[sqlx::test]
-async fn a_listing_failing_on_page_3_deletes_nothing(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listing_failing_on_page_3_deletes_nothing() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let fake = FakeClerk::start().await;
     // Rows Clerk does not have: a complete listing would delete them (5 of 5 live hotels).
     for i in 0..5 {
@@ -464,8 +484,10 @@ async fn a_listing_failing_on_page_3_deletes_nothing(pool: PgPool) {
 // ---------------------------------------------------------------------------------------------
 // Safety rails
 
-#[sqlx::test]
-async fn a_mass_delete_is_refused_without_the_flag(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mass_delete_is_refused_without_the_flag() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let fake = converged(&pool, 10, 10, 10).await;
     fake.delete_org("org_s0000001");
     fake.delete_org("org_s0000002"); // 2 of 10: 20% > 10%
@@ -510,8 +532,10 @@ async fn a_mass_delete_is_refused_without_the_flag(pool: PgPool) {
     );
 }
 
-#[sqlx::test]
-async fn a_dry_run_writes_nothing_and_reports_the_difference(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_writes_nothing_and_reports_the_difference() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let fake = converged(&pool, 20, 20, 20).await;
     fake.put_org(&org("org_s0000003", "Renamed", BASE + 3, BASE + 50_000));
     fake.put_org(&org("org_new0000001", "New", BASE + 99, BASE + 99));
@@ -555,8 +579,10 @@ async fn a_dry_run_writes_nothing_and_reports_the_difference(pool: PgPool) {
     assert_eq!(a, b);
 }
 
-#[sqlx::test]
-async fn rows_the_listing_skipped_are_confirmed_by_id_and_kept(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_the_listing_skipped_are_confirmed_by_id_and_kept() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let fake = converged(&pool, 20, 20, 20).await;
     // Offset pages skip objects when others are deleted meanwhile: here, simply missing.
     fake.hide_from_listings("org_s0000003");
@@ -583,8 +609,10 @@ async fn rows_the_listing_skipped_are_confirmed_by_id_and_kept(pool: PgPool) {
     assert_eq!(fake.requests("/v1/organizations/org_s0000005/memberships"), 1);
 }
 
-#[sqlx::test]
-async fn objects_of_an_unexpected_shape_are_neither_written_nor_deleted(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_of_an_unexpected_shape_are_neither_written_nor_deleted() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let fake = converged(&pool, 20, 20, 20).await;
     let mut broken_org = org("org_s0000001", "x", BASE + 1, BASE + 80_000);
     broken_org["name"] = Value::from(5);
@@ -617,8 +645,10 @@ async fn objects_of_an_unexpected_shape_are_neither_written_nor_deleted(pool: Pg
     );
 }
 
-#[sqlx::test]
-async fn a_resync_racing_with_webhooks_never_overwrites_them_with_older_data(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resync_racing_with_webhooks_never_overwrites_them_with_older_data() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let fake = converged(&pool, 20, 20, 20).await;
     // What the listing will return: newer than the rows, older than the webhooks below.
     let listed_at = BASE + 50_000;
@@ -719,8 +749,10 @@ async fn a_resync_racing_with_webhooks_never_overwrites_them_with_older_data(poo
     assert!(!report.hotels.updated.contains(&"org_s0000001".to_owned()));
 }
 
-#[sqlx::test]
-async fn only_one_resync_runs_at_a_time_and_an_interrupted_run_is_closed(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn only_one_resync_runs_at_a_time_and_an_interrupted_run_is_closed() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let fake = FakeClerk::start().await;
     fake.seed(2, 2, 2, BASE);
     // A run whose process died: still "running".
@@ -766,8 +798,10 @@ fn with_clerk(fake: &FakeClerk, worker: bool) -> orgsync::app::ServeConfig {
     c
 }
 
-#[sqlx::test]
-async fn the_scheduled_resync_uses_the_configured_mass_delete_threshold(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scheduled_resync_uses_the_configured_mass_delete_threshold() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let fake = converged(&pool, 10, 5, 5).await;
     for i in 1..=5 {
         fake.delete_org(&format!("org_s{i:07}")); // half of the live hotels gone from Clerk
@@ -802,8 +836,10 @@ async fn the_scheduled_resync_uses_the_configured_mass_delete_threshold(pool: Pg
     assert_eq!(live(&pool, "hotels").await, 5);
 }
 
-#[sqlx::test]
-async fn two_replicas_scheduling_at_once_run_one_resync(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_scheduling_at_once_run_one_resync() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let fake = FakeClerk::start().await;
     fake.seed(5, 5, 5, BASE);
     let mut cfg = with_clerk(&fake, false);
@@ -825,8 +861,10 @@ async fn two_replicas_scheduling_at_once_run_one_resync(pool: PgPool) {
     b.stop().await;
 }
 
-#[sqlx::test]
-async fn the_schedule_waits_for_the_interval_since_the_last_run(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn the_schedule_waits_for_the_interval_since_the_last_run() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let fake = FakeClerk::start().await;
     fake.seed(1, 1, 1, BASE);
     // A successful run finished just now, by another replica.
@@ -848,8 +886,10 @@ async fn the_schedule_waits_for_the_interval_since_the_last_run(pool: PgPool) {
     app.stop().await;
 }
 
-#[sqlx::test]
-async fn self_heal_fetches_a_missing_parent_and_tombstones_an_unknown_one(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn self_heal_fetches_a_missing_parent_and_tombstones_an_unknown_one() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let fake = FakeClerk::start().await;
     fake.seed(1, 1, 0, BASE);
     let mut cfg = with_clerk(&fake, true);
@@ -899,8 +939,10 @@ async fn self_heal_fetches_a_missing_parent_and_tombstones_an_unknown_one(pool: 
     app.stop().await;
 }
 
-#[sqlx::test]
-async fn self_heal_waits_for_the_attempts_and_does_not_hammer(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn self_heal_waits_for_the_attempts_and_does_not_hammer() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let fake = FakeClerk::start().await;
     fake.seed(1, 0, 0, BASE);
     let heal = SelfHeal::new(pool.clone(), fake.client(), 3);
@@ -948,13 +990,7 @@ async fn self_heal_waits_for_the_attempts_and_does_not_hammer(pool: PgPool) {
 // The command
 
 async fn database_url(pool: &PgPool) -> String {
-    let db: String = sqlx::query_scalar("select current_database()")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let (server, _) = base.rsplit_once('/').unwrap();
-    format!("{server}/{db}")
+    test_database_url(pool).await
 }
 
 async fn orgsync(pool: &PgPool, fake: &FakeClerk, key: &str, args: &[&str]) -> (i32, String, String) {
@@ -977,8 +1013,10 @@ async fn orgsync(pool: &PgPool, fake: &FakeClerk, key: &str, args: &[&str]) -> (
     )
 }
 
-#[sqlx::test]
-async fn the_command_prints_the_difference_and_exits_by_outcome(pool: PgPool) {
+#[tokio::test(flavor = "multi_thread")]
+async fn the_command_prints_the_difference_and_exits_by_outcome() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let fake = converged(&pool, 20, 5, 5).await;
     fake.put_org(&org("org_new0000001", "New", BASE + 99, BASE + 99));
     let before = fingerprint(&pool).await;
@@ -1048,9 +1086,11 @@ fn dummy_report() -> ResyncReport {
 /// The benchmark's shape, for a quick check outside CI: `cargo test --release --test resync --
 /// --ignored scale`. Prints the timings; asserts the budgets (60 s from empty, 15 s unchanged
 /// with no row written).
-#[sqlx::test]
+#[tokio::test(flavor = "multi_thread")]
 #[ignore = "a minute of work; run explicitly"]
-async fn scale_10k_organizations_100k_memberships_50k_users(pool: PgPool) {
+async fn scale_10k_organizations_100k_memberships_50k_users() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
     let fake = FakeClerk::start().await;
     let seeding = Instant::now();
     fake.seed(10_000, 50_000, 100_000, BASE);

@@ -14,6 +14,10 @@ use orgsync::queue::WorkerSettings;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+pub mod test_db;
+#[allow(unused_imports)]
+pub use test_db::{database_on_server, test_server, TestDb};
+
 pub const SECRET: &str = "whsec_dGVzdC1zZWNyZXQtZm9yLW9yZ3N5bmMtdGVzdHM=";
 pub const OLD_SECRET: &str = "whsec_b2xkLXNlY3JldC1mb3Itb3Jnc3luYy10ZXN0cw==";
 
@@ -281,14 +285,13 @@ pub async fn job_state(pool: &PgPool, event_id: &str) -> (String, i32, Option<St
         .unwrap()
 }
 
-/// The URL of the per-test database behind `pool` (on the server of `DATABASE_URL`).
+/// The URL of the per-test database behind `pool` (on [`test_server`]).
 pub async fn test_database_url(pool: &PgPool) -> String {
     let db: String = sqlx::query_scalar("select current_database()")
         .fetch_one(pool)
         .await
         .unwrap();
-    let base = std::env::var("DATABASE_URL").unwrap();
-    format!("{}/{db}", base.rsplit_once('/').unwrap().0)
+    database_on_server(&db)
 }
 
 /// Locks hotel `id` in a transaction of its own, so a worker applying an event of that hotel
