@@ -31,7 +31,7 @@ pub struct ServeConfig {
     pub worker_settings: WorkerSettings,
     /// The Clerk Backend API, when a secret key is configured: enables the scheduled resync and
     /// the self-heal of missing hotels.
-    pub clerk: Option<crate::cli::ClerkArgs>,
+    pub clerk: Option<crate::clerk::api::ClerkConfig>,
     /// How often the scheduled resync runs; `None` disables it.
     pub resync_interval: Option<std::time::Duration>,
     /// Attempts after which a membership job's missing hotel is fetched from Clerk.
@@ -158,7 +158,7 @@ impl Application {
         let main_server = tokio::spawn(serve(listener, main, cancel.clone()));
 
         let clerk = match &self.config.clerk {
-            Some(args) => Some(crate::clerk::api::ClerkClient::from_args(args)?),
+            Some(args) => Some(crate::clerk::api::ClerkClient::from_config(args)?),
             None => None,
         };
         let worker = self.config.worker.then(|| {

@@ -2032,7 +2032,7 @@ pub async fn command(args: ResyncArgs) -> anyhow::Result<i32> {
     if !(0.0..=1.0).contains(&args.mass_delete_threshold) {
         anyhow::bail!("--mass-delete-threshold must be between 0 and 1 (a share: 0.10 is 10%)");
     }
-    let client = ClerkClient::from_args(&args.clerk)?;
+    let client = ClerkClient::from_config(&args.clerk.config())?;
     let options =
         crate::db::connect_options(&args.database.database_url).context("DATABASE_URL is not a Postgres URL")?;
     let pool = crate::db::lazy_pool(options, &crate::db::PoolSettings::default());

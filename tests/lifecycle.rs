@@ -113,7 +113,8 @@ impl std::io::Write for Captured {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
+// One thread: the capturing subscriber is the thread's default, and every task must see it.
+#[tokio::test]
 async fn logs_carry_ids_and_types_but_never_secrets_or_payloads() {
     let db = TestDb::new().await;
     let pool = db.pool.clone();

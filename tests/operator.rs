@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use orgsync::cli::JobFilter;
 use orgsync::ops::replay::{ReplayOptions, DEFAULT_CHUNK_SIZE};
+use orgsync::ops::JobFilter;
 use orgsync::ops::{list_jobs, replay_jobs, run_replay, Progress, Selection};
 use serde_json::Value;
 use sqlx::PgPool;

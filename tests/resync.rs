@@ -794,7 +794,7 @@ async fn only_one_resync_runs_at_a_time_and_an_interrupted_run_is_closed() {
 
 fn with_clerk(fake: &FakeClerk, worker: bool) -> orgsync::app::ServeConfig {
     let mut c = config(Some(SECRET), worker);
-    c.clerk = Some(fake.clerk_args());
+    c.clerk = Some(fake.clerk_config());
     c
 }
 

@@ -28,7 +28,6 @@ use tokio::time::Instant;
 
 use super::events::{Membership, Organization, User};
 use super::ids::{HotelId, UserId};
-use crate::cli::ClerkArgs;
 
 /// Clerk's production base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.clerk.com";
@@ -145,6 +144,32 @@ pub struct InvalidItem {
     pub reason: String,
 }
 
+/// How to reach the Clerk Backend API: filled by the command line, or by a program embedding
+/// orgsync.
+#[derive(Clone)]
+pub struct ClerkConfig {
+    /// Base URL, e.g. `https://api.clerk.com`.
+    pub api_url: String,
+    /// The instance's secret key (`sk_live_…` / `sk_test_…`); `None` disables the API.
+    pub secret_key: Option<String>,
+    /// Most requests per 10 seconds; `None`: 1000 for `sk_live_` keys, 100 otherwise.
+    pub rate_limit: Option<u32>,
+    /// Timeout of one request.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for ClerkConfig {
+    /// Never prints the secret key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClerkConfig")
+            .field("api_url", &self.api_url)
+            .field("secret_key", &self.secret_key.as_ref().map(|_| "<redacted>"))
+            .field("rate_limit", &self.rate_limit)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
 /// A Clerk Backend API client. Cheap to clone: clones share the connection pool and the
 /// request budget, so a whole process stays under one rate limit.
 #[derive(Clone)]
@@ -227,21 +252,21 @@ impl ClerkClient {
         })
     }
 
-    /// Builds a client from the command line / environment. Err when no secret key is
-    /// configured, or as [`ClerkClient::new`].
-    pub fn from_args(args: &ClerkArgs) -> anyhow::Result<Self> {
-        let key = args
-            .clerk_secret_key
+    /// Builds a client from its configuration. Err when no secret key is configured, or as
+    /// [`ClerkClient::new`].
+    pub fn from_config(config: &ClerkConfig) -> anyhow::Result<Self> {
+        let key = config
+            .secret_key
             .as_deref()
             .filter(|k| !k.trim().is_empty())
             .ok_or_else(|| {
                 anyhow::anyhow!("CLERK_SECRET_KEY is not set (the Clerk Backend API needs the instance's secret key)")
             })?;
         // Clerk's limits: 1000 requests / 10 s for production instances, 100 for development.
-        let rate = args
-            .clerk_rate_limit
+        let rate = config
+            .rate_limit
             .unwrap_or(if key.trim().starts_with("sk_live_") { 1000 } else { 100 });
-        Ok(Self::new(&args.clerk_api_url, key, rate, args.clerk_timeout)?)
+        Ok(Self::new(&config.api_url, key, rate, config.timeout)?)
     }
 
     /// The same client (same connections) with another retry policy and its own budget of

@@ -7,8 +7,22 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::cli::JobFilter;
 use crate::queue::STATES;
+
+/// Selectors shared by `jobs list` and `replay`; they combine (AND).
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only jobs in this state (one of [`STATES`]).
+    pub state: Option<String>,
+    /// Only jobs of this event type, e.g. `organizationMembership.created`.
+    pub event_type: Option<String>,
+    /// Only jobs received at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only jobs received before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// At most this many jobs (oldest first).
+    pub limit: Option<i64>,
+}
 
 /// Which jobs a command is about. Every given selector must hold (AND); the `ids` match any
 /// of them (OR among themselves). `filter.limit` keeps the oldest N matches.

@@ -49,7 +49,9 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("creating {name} on {} (is Postgres running?): {e}", test_server()));
         // The service's own options, named apart: tests tell the service's sessions from
         // their own by `application_name` (see `wait_for_lock_waiters`).
-        let options = orgsync::db::connect_options(&url).unwrap().application_name("orgsync-test");
+        let options = orgsync::db::connect_options(&url)
+            .unwrap()
+            .application_name("orgsync-test");
         let settings = orgsync::db::PoolSettings {
             max_connections: 20,
             ..Default::default()

@@ -28,8 +28,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use orgsync::clerk::api::ClerkConfig;
 use orgsync::clerk::api::{ClerkClient, RetryPolicy};
-use orgsync::cli::ClerkArgs;
 use serde_json::{json, Value};
 
 /// The secret key the fake accepts.
@@ -196,13 +196,13 @@ impl FakeClerk {
             .with_retry_policy(fast_retries())
     }
 
-    /// The `ClerkArgs` of a service pointed at this fake.
-    pub fn clerk_args(&self) -> ClerkArgs {
-        ClerkArgs {
-            clerk_api_url: self.url(),
-            clerk_secret_key: Some(KEY.to_owned()),
-            clerk_rate_limit: Some(100_000),
-            clerk_timeout: Duration::from_secs(10),
+    /// The Clerk configuration of a service pointed at this fake.
+    pub fn clerk_config(&self) -> ClerkConfig {
+        ClerkConfig {
+            api_url: self.url(),
+            secret_key: Some(KEY.to_owned()),
+            rate_limit: Some(100_000),
+            timeout: Duration::from_secs(10),
         }
     }
 

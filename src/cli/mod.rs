@@ -1,4 +1,7 @@
-//! The `orgsync` command line. Every flag has an environment fallback.
+//! The `orgsync` command line. Every flag has an environment fallback. The library never
+//! imports this module: the flags fill the plain config structs of the modules that use them.
+
+pub mod commands;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,7 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{cancel_on_signals, Application, ServeConfig};
+use crate::clerk::api::ClerkConfig;
 use crate::db::PoolSettings;
+use crate::ops::jobs::JobFilter;
 use crate::queue::ingest::IngestSettings;
 use crate::queue::WorkerSettings;
 use crate::telemetry::{self, LogFormat};
@@ -73,6 +78,17 @@ pub struct ClerkArgs {
     pub clerk_timeout: Duration,
 }
 
+impl ClerkArgs {
+    pub fn config(&self) -> ClerkConfig {
+        ClerkConfig {
+            api_url: self.clerk_api_url.clone(),
+            secret_key: self.clerk_secret_key.clone(),
+            rate_limit: self.clerk_rate_limit,
+            timeout: self.clerk_timeout,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ResyncArgs {
     #[command(flatten)]
@@ -109,7 +125,7 @@ pub struct StatusArgs {
 
 /// Job selectors shared by `jobs list` and `replay`; they combine (AND).
 #[derive(Debug, Clone, Default, Args)]
-pub struct JobFilter {
+pub struct JobFilterArgs {
     /// Only jobs in this state (available, done, dead, skipped).
     #[arg(long)]
     pub state: Option<String>,
@@ -127,6 +143,18 @@ pub struct JobFilter {
     pub limit: Option<i64>,
 }
 
+impl JobFilterArgs {
+    pub fn filter(&self) -> JobFilter {
+        JobFilter {
+            state: self.state.clone(),
+            event_type: self.event_type.clone(),
+            since: self.since,
+            until: self.until,
+            limit: self.limit,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
     /// List jobs, oldest first.
@@ -134,7 +162,7 @@ pub enum JobsCommand {
         #[command(flatten)]
         database: DatabaseArgs,
         #[command(flatten)]
-        filter: JobFilter,
+        filter: JobFilterArgs,
         #[arg(long)]
         json: bool,
     },
@@ -159,7 +187,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub event_id: Option<String>,
     #[command(flatten)]
-    pub filter: JobFilter,
+    pub filter: JobFilterArgs,
     /// List what would be replayed and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -339,7 +367,7 @@ impl ServeArgs {
                 ..IngestSettings::default()
             },
             worker_settings: self.worker.settings(),
-            clerk: self.clerk.clerk_secret_key.is_some().then(|| self.clerk.clone()),
+            clerk: self.clerk.clerk_secret_key.is_some().then(|| self.clerk.config()),
             resync_interval: self.resync_interval.0,
             self_heal_after: self.self_heal_after,
             mass_delete_threshold: self.mass_delete_threshold,
@@ -366,13 +394,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Resync(args) => crate::resync::command(args).await,
-        Command::Status(args) => crate::ops::status(args).await,
+        Command::Status(args) => commands::status(args).await,
         Command::Jobs(JobsCommand::List { database, filter, json }) => {
-            crate::ops::jobs_list(database, filter, json).await
+            commands::jobs_list(database, filter, json).await
         }
-        Command::Jobs(JobsCommand::Show { database, id, json }) => crate::ops::jobs_show(database, id, json).await,
-        Command::Replay(args) => crate::ops::replay(args).await,
-        Command::Send(args) => crate::ops::send(args).await,
+        Command::Jobs(JobsCommand::Show { database, id, json }) => commands::jobs_show(database, id, json).await,
+        Command::Replay(args) => commands::replay(args).await,
+        Command::Send(args) => commands::send(args).await,
         Command::Healthcheck { url } => {
             let ok = reqwest::Client::new()
                 .get(&url)
