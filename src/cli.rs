@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the webhook receiver and the workers (and the scheduled resync).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create the database if needed and apply the migrations, then exit.
     Migrate(DatabaseArgs),
     /// Pull every organization, membership and user from the Clerk Backend API and converge
