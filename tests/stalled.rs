@@ -267,3 +267,43 @@ async fn beyond_the_connection_cap_new_connections_are_shed_with_503_and_counted
     assert_eq!(job_count(&app.pool).await, 1);
     app.stop().await;
 }
+
+#[test]
+fn the_limits_are_set_from_the_command_line_with_documented_defaults() {
+    use clap::Parser;
+    use orgsync::cli::{Cli, Command};
+    let serve = |args: &[&str]| match Cli::try_parse_from([&["orgsync", "serve"][..], args].concat()) {
+        Ok(Cli {
+            command: Command::Serve(s),
+            ..
+        }) => Ok(s.config().http),
+        Ok(_) => unreachable!(),
+        Err(e) => Err(e.to_string()),
+    };
+    let defaults = serve(&[]).unwrap();
+    assert_eq!(defaults, HttpLimits::default());
+    assert_eq!(
+        defaults,
+        limits(Duration::from_secs(10), Duration::from_secs(30), 512),
+        "as documented in the README"
+    );
+    assert_eq!(
+        serve(&[
+            "--header-timeout",
+            "2s",
+            "--request-timeout",
+            "1m",
+            "--max-connections",
+            "7"
+        ])
+        .unwrap(),
+        limits(Duration::from_secs(2), Duration::from_secs(60), 7)
+    );
+    for zero in [
+        &["--header-timeout", "0s"][..],
+        &["--request-timeout", "0s"],
+        &["--max-connections", "0"],
+    ] {
+        assert!(serve(zero).is_err(), "{zero:?} is refused");
+    }
+}
