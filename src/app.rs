@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clerk::signature::WebhookVerifier;
 use crate::db::{self, PoolSettings};
+use crate::http::server::{self, HttpLimits, ADMIN_MAX_CONNECTIONS};
 use crate::http::{admin_router, webhook_router, AdminState, WebhookState};
 use crate::queue::ingest::IngestSettings;
 use crate::queue::{Ingest, Runner, WorkerSettings};
@@ -24,6 +25,9 @@ pub struct ServeConfig {
     /// `whsec_...` secrets separated by spaces or commas; `None` uses the stored generated one.
     pub webhook_secrets: Option<String>,
     pub max_body: usize,
+    /// Deadlines and connection cap of the listeners (the admin listener's cap is
+    /// [`ADMIN_MAX_CONNECTIONS`]).
+    pub http: HttpLimits,
     pub receiver: bool,
     pub worker: bool,
     pub pool: PoolSettings,
@@ -126,7 +130,7 @@ impl Application {
     }
 
     /// Serves until `cancel` fires, then shuts down gracefully: the HTTP servers stop accepting
-    /// and finish in-flight requests, the enqueue batchers commit what they hold, and the workers
+    /// and finish in-flight requests (within the deadlines of [`HttpLimits`]), the enqueue batchers commit what they hold, and the workers
     /// stop claiming and commit their current batch.
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         let metrics = crate::metrics::install();
@@ -147,7 +151,13 @@ impl Application {
             }));
         }
         let admin_server = match self.admin_listener.take() {
-            Some(l) => Some(tokio::spawn(serve(l, admin, cancel.clone()))),
+            Some(l) => {
+                let limits = HttpLimits {
+                    max_connections: ADMIN_MAX_CONNECTIONS,
+                    ..self.config.http
+                };
+                Some(tokio::spawn(server::serve(l, admin, limits, "admin", cancel.clone())))
+            }
             None => {
                 main = main.merge(admin);
                 None
@@ -155,7 +165,7 @@ impl Application {
         };
         let listener = self.listener.take().expect("run is called once");
         tracing::info!(addr = %listener.local_addr()?, receiver = self.config.receiver, worker = self.config.worker, "orgsync serving");
-        let main_server = tokio::spawn(serve(listener, main, cancel.clone()));
+        let main_server = tokio::spawn(server::serve(listener, main, self.config.http, "main", cancel.clone()));
 
         let clerk = match &self.config.clerk {
             Some(args) => Some(crate::clerk::api::ClerkClient::from_config(args)?),
@@ -203,13 +213,6 @@ impl Application {
         tracing::info!("orgsync stopped");
         Ok(())
     }
-}
-
-async fn serve(listener: TcpListener, router: axum::Router, cancel: CancellationToken) -> anyhow::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await?;
-    Ok(())
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

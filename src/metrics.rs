@@ -18,6 +18,9 @@
 //! | `orgsync_resync_runs_total` | counter | `outcome` (succeeded, failed, refused) |
 //! | `orgsync_resync_last_success_timestamp_seconds` | gauge | |
 //! | `orgsync_database_up` | gauge | |
+//! | `orgsync_http_connections_open` | gauge | `listener` (main, admin) |
+//! | `orgsync_http_connections_shed_total` | counter | `listener` |
+//! | `orgsync_http_header_timeouts_total` | counter | `listener` |
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -135,6 +138,19 @@ fn describe() {
         "orgsync_clerk_request_duration_seconds",
         Unit::Seconds,
         "Clerk Backend API request time, by endpoint."
+    );
+    describe_gauge!(
+        "orgsync_http_connections_open",
+        Unit::Count,
+        "Open HTTP connections, by listener (main, admin)."
+    );
+    describe_counter!(
+        "orgsync_http_connections_shed_total",
+        "Connections answered 503 and closed unread because the listener's connection cap was reached, by listener."
+    );
+    describe_counter!(
+        "orgsync_http_header_timeouts_total",
+        "Connections closed for not sending a complete request head in time (stalled, or idle keep-alive), by listener."
     );
     describe_gauge!(
         "orgsync_database_up",

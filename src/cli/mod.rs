@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{cancel_on_signals, Application, ServeConfig};
 use crate::clerk::api::ClerkConfig;
 use crate::db::PoolSettings;
+use crate::http::server::HttpLimits;
 use crate::ops::jobs::JobFilter;
 use crate::queue::ingest::IngestSettings;
 use crate::queue::WorkerSettings;
@@ -34,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the webhook receiver and the workers (and the scheduled resync).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create the database if needed and apply the migrations, then exit.
     Migrate(DatabaseArgs),
     /// Pull every organization, membership and user from the Clerk Backend API and converge
@@ -259,6 +260,8 @@ pub struct ServeArgs {
     /// Largest accepted webhook body, in bytes.
     #[arg(long, env = "ORGSYNC_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body: usize,
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// Do not serve the webhook endpoint (a worker-only process).
     #[arg(long, env = "ORGSYNC_NO_RECEIVER")]
     pub no_receiver: bool,
@@ -289,6 +292,44 @@ pub struct ServeArgs {
     /// `orgsync resync --allow-mass-delete`.
     #[arg(long, env = "ORGSYNC_MASS_DELETE_THRESHOLD", default_value_t = 0.10)]
     pub mass_delete_threshold: f64,
+}
+
+/// Deadlines and the connection cap of the HTTP listeners (see [`HttpLimits`]).
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Longest wait for a complete request head, from when a connection opens or its previous
+    /// response was sent; also the idle timeout of kept-alive connections. The connection is
+    /// closed beyond it.
+    #[arg(long, env = "ORGSYNC_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub header_timeout: Duration,
+    /// Longest time from the end of a request head to its answer, reading the body included;
+    /// 408 and the connection closed beyond it.
+    #[arg(long, env = "ORGSYNC_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub request_timeout: Duration,
+    /// Most connections open at once on the main listener; more are answered 503 and closed
+    /// (counted by orgsync_http_connections_shed_total). Keep it well below the process's
+    /// descriptor limit (`ulimit -n`).
+    #[arg(long, env = "ORGSYNC_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+}
+
+impl HttpArgs {
+    pub fn limits(&self) -> HttpLimits {
+        HttpLimits {
+            header_timeout: self.header_timeout,
+            request_timeout: self.request_timeout,
+            max_connections: self.max_connections as usize,
+        }
+    }
+}
+
+/// A humantime duration (`10s`, `1m`) that is not zero.
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be longer than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A schedule period that can be switched off.
@@ -356,6 +397,7 @@ impl ServeArgs {
             admin_listen: self.admin_listen,
             webhook_secrets: self.webhook_secret.clone(),
             max_body: self.max_body,
+            http: self.http.limits(),
             receiver: !self.no_receiver,
             worker: !self.no_worker,
             pool: PoolSettings {

@@ -1,5 +1,7 @@
-//! The HTTP surface: the Clerk webhook receiver, health probes and metrics.
+//! The HTTP surface: the Clerk webhook receiver, health probes and metrics, served under
+//! deadlines and a connection cap ([`server`]).
 
+pub mod server;
 pub mod webhook;
 
 use std::sync::Arc;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use orgsync::app::{Application, ServeConfig};
 use orgsync::clerk::signature::WebhookVerifier;
 use orgsync::db::PoolSettings;
+use orgsync::http::server::HttpLimits;
 use orgsync::queue::ingest::IngestSettings;
 use orgsync::queue::WorkerSettings;
 use sqlx::PgPool;
@@ -63,6 +64,7 @@ pub fn config(secrets: Option<&str>, worker: bool) -> ServeConfig {
         admin_listen: None,
         webhook_secrets: secrets.map(str::to_owned),
         max_body: 64 * 1024,
+        http: HttpLimits::default(),
         receiver: true,
         worker,
         pool: PoolSettings::default(),
@@ -78,6 +80,8 @@ pub fn config(secrets: Option<&str>, worker: bool) -> ServeConfig {
 /// A running application and what a test needs to talk to it.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The separate admin listener, when the config has one.
+    pub admin_addr: Option<SocketAddr>,
     pub pool: PgPool,
     pub client: reqwest::Client,
     pub signer: WebhookVerifier,
@@ -101,10 +105,12 @@ impl TestApp {
             .await
             .expect("app builds");
         let addr = SocketAddr::from(([127, 0, 0, 1], app.port()));
+        let admin_addr = app.admin_port().map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
         let cancel = CancellationToken::new();
         let handle = tokio::spawn(app.run(cancel.clone()));
         Self {
             addr,
+            admin_addr,
             pool,
             client: reqwest::Client::new(),
             signer: WebhookVerifier::parse(SECRET).unwrap(),
