@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use sqlx::migrate::{MigrateDatabase, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{PgPool, Postgres};
 
 use crate::clerk::signature::generate_secret;
@@ -30,13 +30,33 @@ impl Default for PoolSettings {
 }
 
 /// Parses `url` into connect options. Err when it is not a Postgres URL.
+///
+/// TLS: a URL with `sslmode=...` (or the `PGSSLMODE` variable) decides. Without either, a
+/// server on this machine (`localhost`, a loopback address, a Unix socket) is reached without
+/// TLS, since encrypting loopback traffic protects nothing and costs CPU on every round trip;
+/// any other host keeps libpq's and sqlx's default `prefer` (TLS when the server offers it).
 pub fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    let explicit_tls = url.contains("sslmode=") || std::env::var_os("PGSSLMODE").is_some();
     url.parse::<PgConnectOptions>().map(|o| {
+        let o = if !explicit_tls && is_local(&o) {
+            o.ssl_mode(PgSslMode::Disable)
+        } else {
+            o
+        };
         o.application_name("orgsync")
             // A worker whose client died mid-statement (kill -9) is noticed within a second
             // and rolled back, instead of holding its job locks until the statement ends.
             .options([("client_connection_check_interval", "1000")])
     })
+}
+
+/// True when the options point at a server on this machine.
+fn is_local(options: &PgConnectOptions) -> bool {
+    if options.get_socket().is_some() {
+        return true;
+    }
+    let host = options.get_host().trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.starts_with('/') || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A pool that connects lazily: the process starts, and `/readyz` tells when the database is
@@ -93,4 +113,29 @@ pub async fn stored_webhook_secret(pool: &PgPool) -> Result<(String, bool), sqlx
         .fetch_one(pool)
         .await?;
     Ok((value, inserted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The TLS mode the options ended up with, read back through their `Debug` form (sqlx has
+    /// no getter for it).
+    fn ssl(url: &str) -> String {
+        let debug = format!("{:?}", connect_options(url).unwrap());
+        let start = debug.find("ssl_mode: ").unwrap() + "ssl_mode: ".len();
+        debug[start..].split([',', ' ']).next().unwrap().to_owned()
+    }
+
+    #[test]
+    fn loopback_goes_without_tls_unless_the_url_asks() {
+        if std::env::var_os("PGSSLMODE").is_some() {
+            return; // the variable decides; nothing to check here
+        }
+        assert_eq!(ssl("postgres://postgres@127.0.0.1:5432/x"), "Disable");
+        assert_eq!(ssl("postgres://postgres@localhost/x"), "Disable");
+        assert_eq!(ssl("postgres://postgres@[::1]:5432/x"), "Disable");
+        assert_eq!(ssl("postgres://postgres@127.0.0.1/x?sslmode=require"), "Require");
+        assert_eq!(ssl("postgres://postgres@db.example.com/x"), "Prefer");
+    }
 }

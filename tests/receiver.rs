@@ -410,3 +410,83 @@ async fn serve_creates_a_missing_database_and_migrates_it() {
         .await
         .unwrap();
 }
+
+mod against_svix {
+    //! Our HMAC check against the `svix` crate's own signing and verifying, both ways.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn svix_headers(id: &str, ts: i64, signature: &str) -> http::HeaderMap {
+        headers(id, ts, signature)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_round_trips_agree_with_svix(
+            key in proptest::collection::vec(any::<u8>(), 1..64),
+            id in "[a-zA-Z0-9_]{1,40}",
+            ts in 0i64..4_000_000_000,
+            body in "\\PC{0,300}",
+            flip in any::<Option<usize>>(),
+        ) {
+            use base64::Engine;
+            let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(&key));
+            let ours = WebhookVerifier::parse(&secret).unwrap();
+            let theirs = svix::webhooks::Webhook::new(&secret).unwrap();
+            let signature = theirs.sign(&id, ts, body.as_bytes()).unwrap();
+            let h = svix_headers(&id, ts, &signature);
+            prop_assert_eq!(ours.verify_ignoring_timestamp(&h, body.as_bytes()), Ok(()));
+            prop_assert_eq!(&ours.sign(&id, ts, body.as_bytes())["svix-signature"], signature.as_str());
+            // A changed body: both refuse.
+            let mut other = body.clone().into_bytes();
+            match flip {
+                Some(i) if !other.is_empty() => { let i = i % other.len(); other[i] ^= 1; }
+                _ => other.push(b'x'),
+            }
+            if std::str::from_utf8(&other).is_ok() {
+                prop_assert_eq!(ours.verify_ignoring_timestamp(&h, &other), Err(VerifyError::BadSignature));
+                prop_assert!(theirs.verify_ignoring_timestamp(&other, &h).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn rotation_and_tolerance_match_svix() {
+        let now = now_secs();
+        let old = svix::webhooks::Webhook::new(OLD_SECRET).unwrap();
+        let new = svix::webhooks::Webhook::new(SECRET).unwrap();
+        let both = WebhookVerifier::parse(&format!("{SECRET} {OLD_SECRET}")).unwrap();
+        let only_new = WebhookVerifier::parse(SECRET).unwrap();
+        let body = fixture("user.created");
+        for (signer, by_new) in [(&old, false), (&new, true)] {
+            for (offset, in_tolerance) in [(0, true), (-299, true), (299, true), (-301, false), (301, false)] {
+                let ts = now + offset;
+                let h = svix_headers("msg_rot", ts, &signer.sign("msg_rot", ts, body.as_bytes()).unwrap());
+                let expect = |ok: bool| if ok { Ok(()) } else { Err(VerifyError::BadSignature) };
+                assert_eq!(both.verify(&h, body.as_bytes()), expect(in_tolerance), "{offset}");
+                assert_eq!(
+                    only_new.verify(&h, body.as_bytes()),
+                    expect(in_tolerance && by_new),
+                    "{offset}"
+                );
+                assert_eq!(
+                    new.verify(body.as_bytes(), &h).is_ok(),
+                    in_tolerance && by_new,
+                    "{offset}"
+                );
+            }
+        }
+        // Our signatures pass svix's own check.
+        let h = only_new.sign("msg_ours", now, body.as_bytes());
+        assert!(new.verify(body.as_bytes(), &h).is_ok());
+        // Several entries, other versions and garbage among them.
+        let good = new.sign("msg_many", now, body.as_bytes()).unwrap();
+        let many = svix_headers("msg_many", now, &format!("v2,abc v1,!!! v1,Zm9v {good}"));
+        assert_eq!(only_new.verify(&many, body.as_bytes()), Ok(()));
+        // A body that is not UTF-8 is a 400, not a 401.
+        let h = only_new.sign("msg_bin", now, b"\xff\xfe");
+        assert_eq!(only_new.verify(&h, b"\xff\xfe"), Err(VerifyError::BodyNotUtf8));
+    }
+}

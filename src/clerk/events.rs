@@ -1,12 +1,14 @@
-//! Clerk webhook events: the envelope Svix delivers, and the typed events orgsync reconciles.
+//! The typed Clerk events orgsync reconciles (the envelope is `clerk::envelope`).
 //!
-//! Shapes follow Clerk's OpenAPI webhook description; unknown fields are ignored so that
-//! Clerk adding fields never breaks ingestion.
+//! Shapes follow Clerk's OpenAPI webhook description; unknown fields are skipped without being
+//! decoded, so that Clerk adding fields (or a user filling `unsafe_metadata` with anything)
+//! never breaks ingestion. Text fields get the treatment of `clerk::row_text`.
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::ids::{HotelId, UserId};
+use super::row_text::{metadata, optional_text, text};
 
 /// Milliseconds since the Unix epoch: the unit Clerk uses for `created_at`/`updated_at`, and
 /// the unit of every row's `clerk_version`.
@@ -25,70 +27,17 @@ pub fn normalize_event_time(raw: i64) -> Millis {
     }
 }
 
-/// The outer shape of every Clerk webhook body: `{ "type", "object": "event", "data", ... }`.
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    pub event_type: String,
-    /// Event time in milliseconds, when the envelope carries a `timestamp`.
-    pub timestamp: Option<Millis>,
-}
-
-/// Why a body is not a Clerk event envelope.
-#[derive(Debug, thiserror::Error)]
-pub enum EnvelopeError {
-    #[error("body is not JSON: {0}")]
-    NotJson(String),
-    #[error("body is not a Clerk event envelope: {0}")]
-    NotEnvelope(&'static str),
-}
-
-#[derive(Deserialize)]
-struct RawEnvelope<'a> {
-    #[serde(rename = "type", borrow)]
-    event_type: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    object: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    data: Option<&'a serde_json::value::RawValue>,
-    timestamp: Option<i64>,
-}
-
-impl Envelope {
-    /// Ok when `body` is a JSON object with a string `type`, `object: "event"` and an object
-    /// `data`; Err says which part is wrong (without echoing the body).
-    pub fn parse(body: &[u8]) -> Result<Self, EnvelopeError> {
-        let raw: RawEnvelope<'_> = serde_json::from_slice(body).map_err(|e| {
-            // Report the category and position only: serde's message can quote the input.
-            EnvelopeError::NotJson(format!("{:?} at line {} column {}", e.classify(), e.line(), e.column()))
-        })?;
-        let event_type = raw.event_type.ok_or(EnvelopeError::NotEnvelope("missing `type`"))?;
-        if event_type.is_empty() || event_type.len() > 100 {
-            return Err(EnvelopeError::NotEnvelope("`type` must be a short non-empty string"));
-        }
-        if raw.object.as_deref() != Some("event") {
-            return Err(EnvelopeError::NotEnvelope("`object` must be \"event\""));
-        }
-        let data = raw.data.ok_or(EnvelopeError::NotEnvelope("missing `data`"))?;
-        if !data.get().trim_start().starts_with('{') {
-            return Err(EnvelopeError::NotEnvelope("`data` must be an object"));
-        }
-        Ok(Self {
-            event_type: event_type.into_owned(),
-            timestamp: raw.timestamp.map(normalize_event_time),
-        })
-    }
-}
-
 /// A Clerk organization (webhook `data` or Backend API object).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Organization {
     pub id: HotelId,
+    #[serde(deserialize_with = "text")]
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_text")]
     pub slug: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_text")]
     pub image_url: Option<String>,
-    #[serde(default = "empty_object", deserialize_with = "object_or_null")]
+    #[serde(default = "empty_object", deserialize_with = "metadata")]
     pub public_metadata: Value,
     pub created_at: Millis,
     pub updated_at: Millis,
@@ -96,7 +45,9 @@ pub struct Organization {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct EmailAddress {
+    #[serde(deserialize_with = "text")]
     pub id: String,
+    #[serde(deserialize_with = "text")]
     pub email_address: String,
 }
 
@@ -104,13 +55,13 @@ pub struct EmailAddress {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct User {
     pub id: UserId,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_text")]
     pub first_name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_text")]
     pub last_name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_text")]
     pub image_url: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_text")]
     pub primary_email_address_id: Option<String>,
     #[serde(default)]
     pub email_addresses: Vec<EmailAddress>,
@@ -139,20 +90,21 @@ pub struct OrganizationRef {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct PublicUserData {
     pub user_id: UserId,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_text")]
     pub first_name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_text")]
     pub last_name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_text")]
     pub image_url: Option<String>,
     /// The user's identifier (usually the email address).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_text")]
     pub identifier: Option<String>,
 }
 
 /// A Clerk organization membership (webhook `data` or Backend API object).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Membership {
+    #[serde(deserialize_with = "text")]
     pub id: String,
     #[serde(deserialize_with = "role_key")]
     pub role: String,
@@ -216,15 +168,29 @@ impl ClerkEvent {
     /// Parses a stored envelope. `Ok(None)`: a type orgsync does not handle. `Err`: the payload
     /// does not have the shape its type promises.
     pub fn parse(event_type: &str, payload: &Value) -> Result<Option<Self>, EventParseError> {
+        Self::parse_from(event_type, Payload::Value(payload))
+    }
+
+    /// As [`ClerkEvent::parse`], from the stored JSON text: decodes only the fields orgsync
+    /// uses (anything else, however deep or odd, is skipped), so a payload that serde_json could
+    /// not turn into a [`Value`] as a whole still parses.
+    pub fn parse_json(event_type: &str, payload: &str) -> Result<Option<Self>, EventParseError> {
+        Self::parse_from(event_type, Payload::Text(payload))
+    }
+
+    fn parse_from(event_type: &str, payload: Payload<'_>) -> Result<Option<Self>, EventParseError> {
         fn data<T: serde::de::DeserializeOwned>(
             event_type: &str,
-            payload: &Value,
+            payload: Payload<'_>,
         ) -> Result<(T, Option<Millis>), EventParseError> {
-            let env: TypedEnvelope<T> =
-                serde::Deserialize::deserialize(payload).map_err(|e| EventParseError::Shape {
-                    event_type: event_type.to_owned(),
-                    reason: e.to_string(),
-                })?;
+            let env: Result<TypedEnvelope<T>, serde_json::Error> = match payload {
+                Payload::Value(v) => serde::Deserialize::deserialize(v),
+                Payload::Text(t) => serde_json::from_str(t),
+            };
+            let env = env.map_err(|e| EventParseError::Shape {
+                event_type: event_type.to_owned(),
+                reason: e.to_string(),
+            })?;
             Ok((env.data, env.timestamp.map(normalize_event_time)))
         }
         let need_time = |t: Option<Millis>| t.ok_or_else(|| EventParseError::MissingTimestamp(event_type.to_owned()));
@@ -262,12 +228,15 @@ impl ClerkEvent {
     }
 }
 
-fn empty_object() -> Value {
-    Value::Object(Default::default())
+/// Where [`ClerkEvent::parse_from`] reads an event from.
+#[derive(Clone, Copy)]
+enum Payload<'a> {
+    Value(&'a Value),
+    Text(&'a str),
 }
 
-fn object_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
-    Ok(Option::<Value>::deserialize(d)?.unwrap_or_else(empty_object))
+fn empty_object() -> Value {
+    Value::Object(Default::default())
 }
 
 /// Older Clerk instances use `admin` / `basic_member`; newer ones `org:admin` / `org:member`.
@@ -281,7 +250,7 @@ pub fn normalize_role(role: &str) -> String {
 }
 
 fn role_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let raw = String::deserialize(d)?;
+    let raw = text(d)?;
     if raw.is_empty() {
         return Err(serde::de::Error::custom("role must not be empty"));
     }
@@ -297,22 +266,6 @@ mod tests {
     fn event_time_is_normalised_from_seconds_or_milliseconds() {
         assert_eq!(normalize_event_time(1_716_883_200), 1_716_883_200_000);
         assert_eq!(normalize_event_time(1_716_883_200_123), 1_716_883_200_123);
-    }
-
-    #[test]
-    fn envelope_requires_type_object_event_and_object_data() {
-        assert!(Envelope::parse(br#"{"type":"user.created","object":"event","data":{}}"#).is_ok());
-        for bad in [
-            &br#"not json"#[..],
-            br#"[]"#,
-            br#"{"object":"event","data":{}}"#,
-            br#"{"type":"user.created","object":"user","data":{}}"#,
-            br#"{"type":"user.created","object":"event"}"#,
-            br#"{"type":"user.created","object":"event","data":[1]}"#,
-            br#"{"type":"","object":"event","data":{}}"#,
-        ] {
-            assert!(Envelope::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
-        }
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Everything that speaks Clerk: webhook event shapes, Svix signature checks, the Backend API.
 
 pub mod api;
+pub mod envelope;
 pub mod events;
 pub mod ids;
+pub mod row_text;
 pub mod signature;
 
-pub use events::{ClerkEvent, Envelope, EnvelopeError, EventParseError, Membership, Organization, User};
+pub use envelope::{Envelope, EnvelopeError};
+pub use events::{ClerkEvent, EventParseError, Membership, Organization, User};
 pub use ids::{HotelId, IdError, UserId};

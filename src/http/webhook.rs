@@ -35,6 +35,10 @@ impl ReceiveError {
             Self::Verify(VerifyError::BadSignature) => StatusCode::UNAUTHORIZED,
             Self::Envelope(_) | Self::BodyRead => StatusCode::BAD_REQUEST,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            // Never reached for what the envelope check passes; a safety net, about this
+            // delivery only (see `queue::ingest`).
+            Self::Ingest(IngestError::Unstorable(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+            // Only infrastructure trouble (database unreachable, commit timeout, shutdown).
             Self::Ingest(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -45,9 +49,11 @@ impl ReceiveError {
             Self::Verify(VerifyError::BadHeaders) => "bad_headers",
             Self::Verify(VerifyError::BodyNotUtf8) => "bad_body",
             Self::Verify(VerifyError::BadSignature) => "bad_signature",
+            Self::Envelope(EnvelopeError::TooDeep) => "too_deep",
             Self::Envelope(_) => "not_an_event",
             Self::TooLarge(_) => "too_large",
             Self::BodyRead => "bad_body",
+            Self::Ingest(IngestError::Unstorable(_)) => "unstorable",
             Self::Ingest(_) => "unavailable",
         }
     }
@@ -107,13 +113,15 @@ pub async fn receive(
     tracing::Span::current().record("event_type", envelope.event_type.as_str());
 
     let skipped = !is_handled(&envelope.event_type);
-    let payload = String::from_utf8(body.to_vec()).map_err(|_| VerifyError::BodyNotUtf8)?;
+    // The verifier checked UTF-8; converting the collected buffer does not copy it.
+    let payload = String::from_utf8(Vec::from(body)).map_err(|_| VerifyError::BodyNotUtf8)?;
     let outcome = state
         .ingest
         .enqueue(NewJob {
             event_id,
             event_type: envelope.event_type,
             payload,
+            entity_key: envelope.entity_key,
             skipped,
         })
         .await?;

@@ -121,7 +121,8 @@ pub struct JobSummary {
 pub struct JobDetail {
     #[serde(flatten)]
     pub summary: JobSummary,
-    /// The event as received (the verified webhook body).
+    /// The event as received (the verified webhook body); a body serde_json cannot represent
+    /// as a value (lone surrogates, numbers beyond f64) is its raw text as a JSON string.
     pub payload: serde_json::Value,
     /// Every failed attempt (`{attempt, at, error}`) and every replay (`{replayed_at,
     /// previous_state, previous_attempts}`), oldest first.
@@ -169,7 +170,7 @@ pub async fn show_job(pool: &PgPool, id: i64) -> Result<Option<JobDetail>, sqlx:
     let row = sqlx::query!(
         r#"
         select id, event_id, event_type, state, attempts, received_at, run_at, updated_at, done_at,
-               last_error, waiting_for, payload, errors
+               last_error, waiting_for, payload::text as "payload!", errors
         from jobs where id = $1
         "#,
         id
@@ -190,7 +191,9 @@ pub async fn show_job(pool: &PgPool, id: i64) -> Result<Option<JobDetail>, sqlx:
             last_error: r.last_error,
             waiting_for: r.waiting_for,
         },
-        payload: r.payload,
+        // The stored text is any JSON Clerk sent; what serde_json cannot hold as a value (a lone
+        // surrogate, a number beyond f64) is shown as the raw text in a string.
+        payload: serde_json::from_str(&r.payload).unwrap_or(serde_json::Value::String(r.payload)),
         errors: r.errors,
     }))
 }

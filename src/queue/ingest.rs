@@ -2,6 +2,13 @@
 //! concurrent deliveries share one transaction and so one disk flush: a batcher task collects
 //! whatever is queued while the previous commit was in flight, inserts it with one statement,
 //! commits, and answers every waiter.
+//!
+//! One delivery's content never decides another's answer. The receiver's envelope check lets
+//! through only what the `jobs` row can hold (see `clerk::envelope`), and [`Ingest::enqueue`]
+//! refuses the rest itself (a NUL byte, which no `text` value holds). Should a batch statement
+//! still fail because of its data (SQLSTATE class 22 data exception, 23 integrity, 54 program
+//! limit) rather than the database, its deliveries are inserted again one by one: the others
+//! are stored as usual and only the offending one gets [`IngestError::Unstorable`] (a 422).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +22,10 @@ pub struct NewJob {
     /// The `svix-id`: a second delivery with the same id is a duplicate.
     pub event_id: String,
     pub event_type: String,
-    /// The raw JSON body, stored as `jsonb`.
+    /// The raw JSON body, stored as sent (`json`).
     pub payload: String,
+    /// The hotel or user the event is about ([`crate::clerk::Envelope::entity_key`]).
+    pub entity_key: Option<String>,
     /// Stored as `skipped` (an event type orgsync does not reconcile).
     pub skipped: bool,
 }
@@ -28,9 +37,14 @@ pub enum Enqueued {
     Duplicate,
 }
 
-/// The delivery was not committed; the receiver answers 503 and Svix retries.
+/// The delivery was not committed. The receiver answers 503 (Svix retries) for all but
+/// [`IngestError::Unstorable`], which is about the delivery itself.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
+    /// The database refused this delivery's content (its message is Postgres's, which names the
+    /// problem without quoting the value). Retrying the same bytes cannot help: a 422.
+    #[error("the database cannot store this delivery: {0}")]
+    Unstorable(String),
     #[error("database unavailable: {0}")]
     Database(String),
     #[error("timed out waiting for the commit")]
@@ -94,6 +108,7 @@ impl Ingest {
     /// Ok once the job is committed (new or duplicate); Err when it was not (the caller must
     /// not acknowledge the delivery).
     pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, IngestError> {
+        check_storable(&job)?;
         let (done, rx) = oneshot::channel();
         let send = self.tx.send(Pending { job, done });
         let wait = async {
@@ -120,28 +135,86 @@ async fn batcher(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batc
         if batch.is_empty() {
             continue;
         }
+        metrics::histogram!("orgsync_ingest_batch_size").record(batch.len() as f64);
         match insert_batch(&pool, &batch).await {
-            Ok(mut inserted) => {
-                metrics::histogram!("orgsync_ingest_batch_size").record(batch.len() as f64);
+            Ok(inserted) => answer(batch.drain(..), inserted),
+            Err(e) if is_data_error(&e) && batch.len() > 1 => {
+                tracing::warn!(error = %e, deliveries = batch.len(), "batch refused for its data; storing its deliveries one by one");
                 for p in batch.drain(..) {
-                    // The first delivery of a new id created its job; later copies of the same
-                    // id in this batch are duplicates.
-                    let outcome = if inserted.remove(&p.job.event_id) {
-                        Enqueued::New
-                    } else {
-                        Enqueued::Duplicate
-                    };
-                    let _ = p.done.send(Ok(outcome));
+                    insert_alone(&pool, p).await;
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, deliveries = batch.len(), "enqueue failed; answering 503");
+                let refused = is_data_error(&e);
+                tracing::warn!(error = %e, deliveries = batch.len(), refused, "enqueue failed");
                 for p in batch.drain(..) {
-                    let _ = p.done.send(Err(IngestError::Database(e.to_string())));
+                    let _ = p.done.send(Err(ingest_error(&e)));
                 }
             }
         }
     }
+}
+
+/// Answers each delivery of a committed batch: the first delivery of a new id created its job;
+/// the others (already stored, or repeated within the batch) are duplicates.
+fn answer(batch: impl Iterator<Item = Pending>, mut inserted: std::collections::HashSet<String>) {
+    for p in batch {
+        let outcome = if inserted.remove(&p.job.event_id) {
+            Enqueued::New
+        } else {
+            Enqueued::Duplicate
+        };
+        let _ = p.done.send(Ok(outcome));
+    }
+}
+
+/// Inserts one delivery of a batch that failed for its data, and answers it.
+async fn insert_alone(pool: &PgPool, p: Pending) {
+    let one = [p];
+    match insert_batch(pool, &one).await {
+        Ok(inserted) => answer(one.into_iter(), inserted),
+        Err(e) => {
+            let [p] = one;
+            tracing::warn!(error = %e, refused = is_data_error(&e), "delivery not stored");
+            let _ = p.done.send(Err(ingest_error(&e)));
+        }
+    }
+}
+
+/// The answer for a failed insert: the delivery's own fault, or the database's.
+fn ingest_error(e: &sqlx::Error) -> IngestError {
+    match e {
+        sqlx::Error::Database(db) if is_data_error(e) => IngestError::Unstorable(db.message().to_owned()),
+        _ => IngestError::Database(e.to_string()),
+    }
+}
+
+/// True when Postgres refused the statement because of the values in it (SQLSTATE classes 22
+/// data exception, 23 integrity constraint, 54 program limit such as JSON nesting), as opposed
+/// to a connection, resource or server failure.
+pub fn is_data_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23") || code.starts_with("54")),
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    }
+}
+
+/// Refuses what no row can hold, before it can fail a batch: a NUL byte in any text (a valid
+/// JSON body never has one; a `\u0000` escape is fine).
+fn check_storable(job: &NewJob) -> Result<(), IngestError> {
+    let texts = [
+        job.event_id.as_bytes(),
+        job.event_type.as_bytes(),
+        job.payload.as_bytes(),
+        job.entity_key.as_deref().unwrap_or_default().as_bytes(),
+    ];
+    if texts.iter().any(|t| t.contains(&0)) {
+        return Err(IngestError::Unstorable("a NUL byte in the delivery".into()));
+    }
+    Ok(())
 }
 
 /// Inserts a batch with one statement, committed on its own (the `jobs_notify` trigger wakes the
@@ -152,7 +225,9 @@ async fn insert_batch(pool: &PgPool, batch: &[Pending]) -> Result<std::collectio
     let mut types = Vec::with_capacity(batch.len());
     let mut payloads = Vec::with_capacity(batch.len());
     let mut skipped = Vec::with_capacity(batch.len());
+    let mut keys = Vec::with_capacity(batch.len());
     for p in batch {
+        keys.push(p.job.entity_key.as_deref());
         ids.push(p.job.event_id.as_str());
         types.push(p.job.event_type.as_str());
         payloads.push(p.job.payload.as_str());
@@ -160,11 +235,12 @@ async fn insert_batch(pool: &PgPool, batch: &[Pending]) -> Result<std::collectio
     }
     let inserted = sqlx::query_scalar!(
         r#"
-        insert into jobs (event_id, event_type, payload, state, done_at)
-        select e, t, p::jsonb,
+        insert into jobs (event_id, event_type, payload, state, done_at, entity_key)
+        select e, t, p::json,
                case when s then 'skipped' else 'available' end,
-               case when s then now() end
-        from unnest($1::text[], $2::text[], $3::text[], $4::bool[]) as x(e, t, p, s)
+               case when s then now() end,
+               k
+        from unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[]) as x(e, t, p, s, k)
         on conflict (event_id) do nothing
         returning event_id
         "#,
@@ -172,6 +248,7 @@ async fn insert_batch(pool: &PgPool, batch: &[Pending]) -> Result<std::collectio
         &types as &[&str],
         &payloads as &[&str],
         &skipped,
+        &keys as &[Option<&str>],
     )
     .fetch_all(pool)
     .await?;

@@ -198,10 +198,11 @@ async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, savepoints: bo
     // One entity (hotel or user) per worker at a time: a job is claimable only when no other
     // transaction holds its entity's advisory lock, so concurrent batches touch disjoint rows and
     // neither wait for nor deadlock with each other. The lock is reentrant within a transaction
-    // and released at its end.
+    // and released at its end. The payload comes as text: each job decodes it on its own
+    // (`apply_job`), so nothing in one job's payload can fail the claim.
     let jobs = sqlx::query!(
         r#"
-        select id, event_id, event_type, payload, attempts
+        select id, event_id, event_type, payload::text as "payload!", attempts
         from jobs
         where state = 'available' and run_at <= now()
           and pg_try_advisory_xact_lock($2, hashtext(coalesce(entity_key, event_id)))
@@ -251,6 +252,20 @@ async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, savepoints: bo
                 )
                 .execute(&mut *tx)
                 .await?;
+            }
+            Outcome::Retry(ApplyError::Database(e)) if is_content_error(&e) => {
+                if !savepoints {
+                    // The statement aborted the transaction: run the batch again with savepoints.
+                    let _ = tx.rollback().await;
+                    return Err(BatchError::Aborted);
+                }
+                // The rows cannot hold what this event carries: retrying cannot help.
+                let error = format!("the database refused this event's values: {}", database_message(&e));
+                tracing::warn!(%error, "permanent failure; job is dead");
+                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "dead")
+                    .increment(1);
+                record_failure(&mut tx, job.id, attempt, &error, None, None).await?;
+                report.dead += 1;
             }
             Outcome::Permanent(error) => {
                 tracing::warn!(%error, "permanent failure; job is dead");
@@ -303,9 +318,24 @@ async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, savepoints: bo
     Ok(report)
 }
 
-/// Parses and applies one job inside the batch transaction, under a savepoint when asked.
-async fn apply_job(tx: &mut PgConnection, event_type: &str, payload: &serde_json::Value, savepoint: bool) -> Outcome {
-    let event = match ClerkEvent::parse(event_type, payload) {
+/// True when Postgres refused a statement for the values in it (SQLSTATE class 22 data
+/// exception, 54 program limit): the same event would fail the same way on every attempt.
+fn is_content_error(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("54")))
+}
+
+/// Postgres's message for a database error (it names the problem, not the value).
+fn database_message(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Decodes and applies one job inside the batch transaction, under a savepoint when asked. A
+/// payload that does not decode as its type is `Permanent` (the job is dead at once).
+async fn apply_job(tx: &mut PgConnection, event_type: &str, payload: &str, savepoint: bool) -> Outcome {
+    let event = match ClerkEvent::parse_json(event_type, payload) {
         Ok(Some(event)) => event,
         Ok(None) => return Outcome::Skipped,
         Err(e) => return Outcome::Permanent(e.to_string()),
