@@ -35,6 +35,17 @@ pub struct TestDb {
 impl TestDb {
     /// Creates and migrates a fresh database. Panics when the server cannot be reached.
     pub async fn new() -> Self {
+        let db = Self::empty().await;
+        orgsync::db::prepare(&db.url, &orgsync::db::Schema::default(), &db.pool)
+            .await
+            .expect("migrating the test database");
+        db
+    }
+
+    /// Creates a fresh, empty database (no schema, no migration), with a lazy pool on it whose
+    /// search path is the default schema, as the binary's. Panics when the server cannot be
+    /// reached.
+    pub async fn empty() -> Self {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         static SWEPT: OnceCell<()> = OnceCell::const_new();
         SWEPT.get_or_init(drop_databases_of_finished_runs).await;
@@ -47,15 +58,14 @@ impl TestDb {
         Postgres::create_database(&url)
             .await
             .unwrap_or_else(|e| panic!("creating {name} on {} (is Postgres running?): {e}", test_server()));
-        let options = orgsync::db::connect_options(&url).unwrap();
+        // The default schema, exactly as the binary uses it without ORGSYNC_SCHEMA.
+        let schema = orgsync::db::Schema::default();
+        let options = orgsync::db::connect_options(&url, &schema).unwrap();
         let settings = orgsync::db::PoolSettings {
             max_connections: 20,
             ..Default::default()
         };
         let pool = orgsync::db::lazy_pool(options, &settings);
-        orgsync::db::prepare(&url, &pool)
-            .await
-            .expect("migrating the test database");
         Self { name, url, pool }
     }
 }
