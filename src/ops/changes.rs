@@ -102,10 +102,7 @@ pub async fn print_changes(
         let woke = async {
             match listener.as_mut() {
                 // Any notification (or a lost connection, reported as None) means: look again.
-                Some(l) => match l.try_recv().await {
-                    Ok(_) => true,
-                    Err(_) => false,
-                },
+                Some(l) => l.try_recv().await.is_ok(),
                 None => std::future::pending().await,
             }
         };
