@@ -113,7 +113,10 @@ impl std::io::Write for Captured {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
+// A current-thread runtime: the subscriber below is the *thread's* default, so the service's
+// tasks must run on this thread for their logs to be captured (on a multi-thread runtime they
+// log elsewhere and the test cannot see them).
+#[tokio::test(flavor = "current_thread")]
 async fn logs_carry_ids_and_types_but_never_secrets_or_payloads() {
     let db = TestDb::new().await;
     let pool = db.pool.clone();
