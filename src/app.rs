@@ -19,6 +19,8 @@ use crate::queue::{Ingest, Runner, WorkerSettings};
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub database_url: String,
+    /// The schema orgsync's tables live in (see [`crate::db::Schema`]).
+    pub schema: crate::db::Schema,
     pub listen: SocketAddr,
     /// Where `/healthz`, `/readyz` and `/metrics` are served; `None` serves them on `listen`.
     pub admin_listen: Option<SocketAddr>,
@@ -58,9 +60,10 @@ impl Application {
     /// sockets (port 0 picks a free port). Err when the database cannot be prepared, a secret is
     /// malformed or an address cannot be bound.
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
-        let options = db::connect_options(&config.database_url).context("DATABASE_URL is not a Postgres URL")?;
+        let options =
+            db::connect_options(&config.database_url, &config.schema).context("DATABASE_URL is not a Postgres URL")?;
         let pool = db::lazy_pool(options, &config.pool);
-        db::prepare(&config.database_url, &pool)
+        db::prepare(&config.database_url, &config.schema, &pool)
             .await
             .context("preparing the database (is Postgres reachable at DATABASE_URL?)")?;
         Self::build_with_pool(config, pool).await

@@ -3,6 +3,7 @@
 //! reconciles them with newer-wins rules, and a full resync from the Clerk Backend API.
 
 pub mod app;
+pub mod changes;
 pub mod clerk;
 pub mod cli;
 pub mod db;

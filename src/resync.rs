@@ -1301,6 +1301,7 @@ async fn apply(
         let written = retry_transient(|| {
             async {
                 let mut tx = pool.begin().await?;
+                crate::changes::set_source(&mut tx, crate::changes::Source::Resync).await?;
                 let ids = upsert_hotels(&mut tx, rows).await?;
                 tx.commit().await?;
                 Ok(ids)
@@ -1327,6 +1328,7 @@ async fn apply(
         let written = retry_transient(|| {
             async {
                 let mut tx = pool.begin().await?;
+                crate::changes::set_source(&mut tx, crate::changes::Source::Resync).await?;
                 let ids = upsert_users(&mut tx, rows).await?;
                 tx.commit().await?;
                 Ok(ids)
@@ -1347,6 +1349,7 @@ async fn apply(
         let written = retry_transient(|| {
             async {
                 let mut tx = pool.begin().await?;
+                crate::changes::set_source(&mut tx, crate::changes::Source::Resync).await?;
                 let ids = insert_user_stubs(&mut tx, rows).await?;
                 tx.commit().await?;
                 Ok(ids)
@@ -1368,6 +1371,7 @@ async fn apply(
         let (written, obsolete) = retry_transient(|| {
             async {
                 let mut tx = pool.begin().await?;
+                crate::changes::set_source(&mut tx, crate::changes::Source::Resync).await?;
                 let out = upsert_memberships(&mut tx, rows).await?;
                 tx.commit().await?;
                 Ok(out)
@@ -1397,6 +1401,7 @@ async fn apply(
         let gone = retry_transient(|| {
             async {
                 let mut tx = pool.begin().await?;
+                crate::changes::set_source(&mut tx, crate::changes::Source::Resync).await?;
                 let gone = tombstone_hotels(&mut tx, ids, started_ms).await?;
                 tx.commit().await?;
                 Ok(gone)
@@ -1411,6 +1416,7 @@ async fn apply(
         let gone = retry_transient(|| {
             async {
                 let mut tx = pool.begin().await?;
+                crate::changes::set_source(&mut tx, crate::changes::Source::Resync).await?;
                 let gone = tombstone_users(&mut tx, ids, started_ms).await?;
                 tx.commit().await?;
                 Ok(gone)
@@ -1425,6 +1431,7 @@ async fn apply(
         let gone = retry_transient(|| {
             async {
                 let mut tx = pool.begin().await?;
+                crate::changes::set_source(&mut tx, crate::changes::Source::Resync).await?;
                 let gone = tombstone_memberships(&mut tx, keys, started_ms).await?;
                 tx.commit().await?;
                 Ok(gone)
@@ -1457,7 +1464,7 @@ async fn upsert_hotels(conn: &mut PgConnection, orgs: &[&Organization]) -> Resul
         on conflict (id) do update set
             name = excluded.name, slug = excluded.slug, image_url = excluded.image_url,
             public_metadata = excluded.public_metadata, created_at = excluded.created_at,
-            updated_at = excluded.updated_at, clerk_version = excluded.clerk_version
+            updated_at = excluded.updated_at, clerk_version = excluded.clerk_version, last_job_id = null
         where hotels.deleted_at is null and hotels.clerk_version < excluded.clerk_version
         returning id
         "#,
@@ -1494,7 +1501,7 @@ async fn upsert_users(conn: &mut PgConnection, users: &[&User]) -> Result<Vec<St
         on conflict (id) do update set
             email = excluded.email, first_name = excluded.first_name, last_name = excluded.last_name,
             image_url = excluded.image_url, created_at = excluded.created_at,
-            updated_at = excluded.updated_at, clerk_version = excluded.clerk_version
+            updated_at = excluded.updated_at, clerk_version = excluded.clerk_version, last_job_id = null
         where users.deleted_at is null and users.clerk_version < excluded.clerk_version
         returning id
         "#,
@@ -1626,6 +1633,7 @@ async fn upsert_memberships(
         from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::int8[])
              as m(hotel_id, user_id, clerk_membership_id, role, created_at, updated_at, clerk_version)
         on conflict (hotel_id, user_id) do update set
+            last_job_id = null,
             clerk_membership_id = excluded.clerk_membership_id,
             role = excluded.role,
             created_at = excluded.created_at,
@@ -1679,7 +1687,7 @@ async fn tombstone_hotels(
         .await?;
     let gone = sqlx::query_scalar!(
         r#"
-        update hotels set deleted_at = $2, clerk_version = greatest(clerk_version, $3)
+        update hotels set deleted_at = $2, clerk_version = greatest(clerk_version, $3), last_job_id = null
         where id = any($1) and deleted_at is null and clerk_version <= $3
         returning id
         "#,
@@ -1692,7 +1700,7 @@ async fn tombstone_hotels(
     let mut ended = 0;
     if !gone.is_empty() {
         ended = sqlx::query!(
-            "update memberships set deleted_at = $2 where hotel_id = any($1) and deleted_at is null",
+            "update memberships set deleted_at = $2, last_job_id = null where hotel_id = any($1) and deleted_at is null",
             &gone,
             to_time(at)
         )
@@ -1719,7 +1727,7 @@ async fn tombstone_users(
         .await?;
     let gone = sqlx::query_scalar!(
         r#"
-        update users set deleted_at = $2, clerk_version = greatest(clerk_version, $3)
+        update users set deleted_at = $2, clerk_version = greatest(clerk_version, $3), last_job_id = null
         where id = any($1) and deleted_at is null and clerk_version <= $3
         returning id
         "#,
@@ -1732,7 +1740,7 @@ async fn tombstone_users(
     let mut ended = 0;
     if !gone.is_empty() {
         ended = sqlx::query!(
-            "update memberships set deleted_at = $2 where user_id = any($1) and deleted_at is null",
+            "update memberships set deleted_at = $2, last_job_id = null where user_id = any($1) and deleted_at is null",
             &gone,
             to_time(at)
         )
@@ -1755,7 +1763,7 @@ async fn tombstone_memberships(
     let ids: Vec<String> = keys.iter().map(|k| k.2.clone()).collect();
     let gone = sqlx::query!(
         r#"
-        update memberships m set deleted_at = $4, clerk_version = greatest(m.clerk_version, $5)
+        update memberships m set deleted_at = $4, clerk_version = greatest(m.clerk_version, $5), last_job_id = null
         from unnest($1::text[], $2::text[], $3::text[]) as k(hotel_id, user_id, clerk_membership_id)
         where m.hotel_id = k.hotel_id and m.user_id = k.user_id and m.clerk_membership_id = k.clerk_membership_id
           and m.deleted_at is null and m.clerk_version <= $5
@@ -1974,7 +1982,8 @@ impl HealInner {
         match self.client.get_organization(hotel).await? {
             Some(org) if &org.id == hotel => {
                 let mut tx = self.pool.begin().await?;
-                let applied = crate::reconcile::upsert_hotel(&mut tx, &org).await?;
+                crate::changes::set_source(&mut tx, crate::changes::Source::SelfHeal).await?;
+                let applied = crate::reconcile::upsert_hotel(&mut tx, &org, None).await?;
                 tx.commit().await?;
                 Ok(Healed::Upserted(applied == crate::reconcile::Applied::Written))
             }
@@ -1985,7 +1994,9 @@ impl HealInner {
             }),
             None => {
                 let mut tx = self.pool.begin().await?;
-                let applied = crate::reconcile::delete_hotel(&mut tx, hotel, Utc::now().timestamp_millis()).await?;
+                crate::changes::set_source(&mut tx, crate::changes::Source::SelfHeal).await?;
+                let applied =
+                    crate::reconcile::delete_hotel(&mut tx, hotel, Utc::now().timestamp_millis(), None).await?;
                 tx.commit().await?;
                 Ok(Healed::Tombstoned(applied == crate::reconcile::Applied::Written))
             }
@@ -2033,10 +2044,11 @@ pub async fn command(args: ResyncArgs) -> anyhow::Result<i32> {
         anyhow::bail!("--mass-delete-threshold must be between 0 and 1 (a share: 0.10 is 10%)");
     }
     let client = ClerkClient::from_config(&args.clerk.config())?;
-    let options =
-        crate::db::connect_options(&args.database.database_url).context("DATABASE_URL is not a Postgres URL")?;
+    let database = &args.database;
+    let options = crate::db::connect_options(&database.database_url, &database.schema)
+        .context("DATABASE_URL is not a Postgres URL")?;
     let pool = crate::db::lazy_pool(options, &crate::db::PoolSettings::default());
-    crate::db::prepare(&args.database.database_url, &pool)
+    crate::db::prepare(&database.database_url, &database.schema, &pool)
         .await
         .context("preparing the database (is Postgres reachable at DATABASE_URL?)")?;
 

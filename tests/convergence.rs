@@ -256,7 +256,7 @@ async fn in_order(pool: &PgPool, events: &[Value]) -> Value {
     for e in events {
         let event = ClerkEvent::parse(&kind(e), e).unwrap().unwrap();
         let mut tx = pool.begin().await.unwrap();
-        orgsync::reconcile::apply(&mut tx, &event).await.unwrap();
+        orgsync::reconcile::apply(&mut tx, &event, None).await.unwrap();
         tx.commit().await.unwrap();
     }
     snapshot(pool).await

@@ -59,13 +59,20 @@ async fn a_worker_killed_mid_batch_leaves_nothing_half_applied() {
     let url = test_database_url(&pool).await;
     let mut worker = spawn_worker_process(&url, &["--workers", "1", "--batch-size", "10"]);
     wait_for_lock_waiters(&pool, "orgsync", 1).await;
+    // The worker's session (the test's own pool is named orgsync too: tell them apart by pid).
+    let waiter: i32 = sqlx::query_scalar(
+        "select pid from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
 
     worker.start_kill().unwrap(); // SIGKILL: no graceful anything
     worker.wait().await.unwrap();
     // Postgres notices the dead client and rolls its transaction back.
     wait_until(
         &pool,
-        "select count(*) = 0 from pg_stat_activity where datname = current_database() and application_name = 'orgsync'",
+        &format!("select count(*) = 0 from pg_stat_activity where pid = {waiter}"),
         Duration::from_secs(30),
     )
     .await;

@@ -503,7 +503,7 @@ async fn the_admin_listener_serves_probes_and_metrics_apart_from_the_webhook() {
 #[tokio::test]
 async fn metrics_still_answer_when_the_database_is_down() {
     let _serial = SERIAL.lock().await;
-    let options = orgsync::db::connect_options("postgres://postgres@127.0.0.1:1/orgsync").unwrap();
+    let options = orgsync::db::connect_options("postgres://postgres@127.0.0.1:1/orgsync", &Default::default()).unwrap();
     let settings = PoolSettings {
         max_connections: 1,
         acquire_timeout: Duration::from_millis(500),

@@ -64,7 +64,7 @@ async fn last_run(pool: &PgPool) -> (String, bool, Value, Option<String>) {
 
 async fn apply(pool: &PgPool, event: ClerkEvent) -> reconcile::Applied {
     let mut tx = pool.begin().await.unwrap();
-    let applied = reconcile::apply(&mut tx, &event).await.unwrap();
+    let applied = reconcile::apply(&mut tx, &event, None).await.unwrap();
     tx.commit().await.unwrap();
     applied
 }

@@ -15,7 +15,7 @@ use crate::ops::{
 /// database cannot be read), so a probe can tell "unhealthy" from "cannot tell".
 pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
     let mut out = std::io::stdout().lock();
-    let pool = match connect(&args.database.database_url) {
+    let pool = match connect(&args.database.database_url, &args.database.schema) {
         Ok(pool) => pool,
         Err(e) => return Ok(status::report_unreachable(&mut out, &e, args.json)),
     };
@@ -41,7 +41,7 @@ pub async fn jobs_list(database: DatabaseArgs, filter: JobFilterArgs, json: bool
     let limit = selection.filter.limit.unwrap_or(DEFAULT_LIST_LIMIT);
     // Fetch one more than shown to know whether the list was cut.
     selection.filter.limit = Some(limit + 1);
-    let pool = connect(&database.database_url)?;
+    let pool = connect(&database.database_url, &database.schema)?;
     let mut found = list_jobs(&pool, &selection).await.context("reading jobs")?;
     let cut = found.len() as i64 > limit;
     found.truncate(limit as usize);
@@ -61,7 +61,7 @@ pub async fn jobs_list(database: DatabaseArgs, filter: JobFilterArgs, json: bool
 /// `orgsync jobs show ID`. Ok(0) after printing the job; Ok(1) when there is no such job;
 /// Err when the database cannot be read.
 pub async fn jobs_show(database: DatabaseArgs, id: i64, json: bool) -> anyhow::Result<i32> {
-    let pool = connect(&database.database_url)?;
+    let pool = connect(&database.database_url, &database.schema)?;
     let Some(job) = show_job(&pool, id).await.context("reading the job")? else {
         eprintln!("no job with id {id} (done and skipped jobs are pruned after the retention period)");
         return Ok(1);
@@ -87,7 +87,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<i32> {
     };
     selection.validate()?;
     selection.require_selector()?;
-    let pool = connect(&args.database.database_url)?;
+    let pool = connect(&args.database.database_url, &args.database.schema)?;
     let options = replay::ReplayOptions {
         dry_run: args.dry_run,
         chunk_size: replay::DEFAULT_CHUNK_SIZE,
@@ -120,7 +120,7 @@ pub async fn send(args: SendArgs) -> anyhow::Result<i32> {
     let secret = match args.webhook_secret.as_deref().filter(|s| !s.trim().is_empty()) {
         Some(s) => s.to_owned(),
         None => {
-            let pool = connect(&args.database.database_url)?;
+            let pool = connect(&args.database.database_url, &args.database.schema)?;
             send::stored_secret(&pool).await?
         }
     };

@@ -50,6 +50,9 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Sign a fixture event with the webhook secret and post it to a running receiver.
     Send(SendArgs),
+    /// Print the change feed in id order (created/updated/deleted hotels, users, memberships);
+    /// with --follow, keep printing changes as they commit until interrupted.
+    Changes(ChangesArgs),
     /// Exit 0 when a running orgsync answers /healthz (for container health checks).
     Healthcheck {
         /// The health endpoint to probe.
@@ -221,6 +224,27 @@ pub struct SendArgs {
     pub database: DatabaseArgs,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct ChangesArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Print only changes with a greater id (the last id a consumer handled).
+    #[arg(long, default_value_t = 0)]
+    pub after: i64,
+    /// Only changes of this entity.
+    #[arg(long, value_parser = ["hotel", "user", "membership"])]
+    pub entity: Option<String>,
+    /// Keep printing changes as they commit (LISTEN, polling as a fallback) until SIGINT/SIGTERM.
+    #[arg(long)]
+    pub follow: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// How often --follow looks for changes when no notification arrives.
+    #[arg(long, env = "ORGSYNC_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+}
+
 /// Parses RFC 3339, or a duration (`2h`, `30m`) meaning that long ago.
 pub fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
@@ -241,6 +265,10 @@ pub struct DatabaseArgs {
         hide_env_values = true
     )]
     pub database_url: String,
+    /// The Postgres schema orgsync keeps all its tables, functions and migration bookkeeping in
+    /// (created if missing); two instances can share a database in two schemas.
+    #[arg(long, env = "ORGSYNC_SCHEMA", default_value = crate::db::DEFAULT_SCHEMA)]
+    pub schema: crate::db::Schema,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -393,6 +421,7 @@ impl ServeArgs {
     pub fn config(&self) -> ServeConfig {
         ServeConfig {
             database_url: self.database.database_url.clone(),
+            schema: self.database.schema.clone(),
             listen: self.listen,
             admin_listen: self.admin_listen,
             webhook_secrets: self.webhook_secret.clone(),
@@ -429,10 +458,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Migrate(args) => {
-            let options = crate::db::connect_options(&args.database_url)?;
+            let options = crate::db::connect_options(&args.database_url, &args.schema)?;
             let pool = crate::db::lazy_pool(options, &PoolSettings::default());
-            crate::db::prepare(&args.database_url, &pool).await?;
-            println!("migrations applied");
+            crate::db::prepare_and_upgrade(&args.database_url, &args.schema, &pool).await?;
+            println!("migrations applied (schema {})", args.schema);
             Ok(0)
         }
         Command::Resync(args) => crate::resync::command(args).await,
@@ -443,6 +472,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Jobs(JobsCommand::Show { database, id, json }) => commands::jobs_show(database, id, json).await,
         Command::Replay(args) => commands::replay(args).await,
         Command::Send(args) => commands::send(args).await,
+        Command::Changes(args) => {
+            let query = crate::ops::changes::ChangesQuery {
+                after: args.after,
+                entity: args.entity,
+                follow: args.follow,
+                json: args.json,
+                poll_interval: args.poll_interval,
+            };
+            let pool = crate::ops::connect(&args.database.database_url, &args.database.schema)?;
+            crate::ops::changes::command(pool, query).await
+        }
         Command::Healthcheck { url } => {
             let ok = reqwest::Client::new()
                 .get(&url)

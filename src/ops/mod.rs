@@ -1,4 +1,4 @@
-//! Operator commands: `status`, `jobs list`, `jobs show`, `replay` and `send`.
+//! Operator commands: `status`, `jobs list`, `jobs show`, `replay`, `send` and `changes`.
 //!
 //! Each command is a library function that takes a [`PgPool`] (or an HTTP client) and writes
 //! to a [`std::io::Write`] or returns a struct, so tests drive it against a real database in a
@@ -8,6 +8,7 @@
 //! Output conventions: results go to stdout (JSON with `--json`), progress and notes to stderr,
 //! so `orgsync ... --json | jq` always sees clean JSON.
 
+pub mod changes;
 pub mod jobs;
 pub mod progress;
 pub mod replay;
@@ -17,7 +18,7 @@ pub mod status;
 use anyhow::Context;
 use sqlx::PgPool;
 
-use crate::db::PoolSettings;
+use crate::db::{PoolSettings, Schema};
 
 pub use jobs::{list_jobs, show_job, JobDetail, JobFilter, JobSummary, Selection};
 pub use progress::Progress;
@@ -39,8 +40,8 @@ pub const EXIT_UNREACHABLE: i32 = 2;
 
 /// A small lazy pool for a one-shot command. Err only when the URL is not a Postgres URL;
 /// an unreachable server shows up at the first query.
-pub fn connect(database_url: &str) -> anyhow::Result<PgPool> {
-    let options = crate::db::connect_options(database_url).context("DATABASE_URL is not a Postgres URL")?;
+pub fn connect(database_url: &str, schema: &Schema) -> anyhow::Result<PgPool> {
+    let options = crate::db::connect_options(database_url, schema).context("DATABASE_URL is not a Postgres URL")?;
     // One connection is all a command needs; a short acquire timeout makes an unreachable
     // database fail fast, which matters when `status` serves as a probe.
     let settings = PoolSettings {

@@ -191,7 +191,8 @@ async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, savepoints: bo
     // The lease: a worker silent this long inside its transaction is disconnected by the
     // server, which rolls back and so releases its jobs.
     let lease_ms = settings.lease.as_millis().to_string();
-    sqlx::query("select set_config('idle_in_transaction_session_timeout', $1, true)")
+    // The change feed names the source of this transaction's changes (see crate::changes).
+    sqlx::query("select set_config('idle_in_transaction_session_timeout', $1, true), set_config('orgsync.source', 'webhook', true)")
         .bind(&lease_ms)
         .execute(&mut *tx)
         .await?;
@@ -229,7 +230,7 @@ async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, savepoints: bo
         let attempt = job.attempts + 1;
         let span = tracing::info_span!("job", job_id = job.id, event_id = %job.event_id, event_type = %job.event_type, attempt);
         let started = std::time::Instant::now();
-        let outcome = apply_job(&mut tx, &job.event_type, &job.payload, savepoints)
+        let outcome = apply_job(&mut tx, job.id, &job.event_type, &job.payload, savepoints)
             .instrument(span.clone())
             .await;
         let _enter = span.enter();
@@ -334,14 +335,14 @@ fn database_message(e: &sqlx::Error) -> String {
 
 /// Decodes and applies one job inside the batch transaction, under a savepoint when asked. A
 /// payload that does not decode as its type is `Permanent` (the job is dead at once).
-async fn apply_job(tx: &mut PgConnection, event_type: &str, payload: &str, savepoint: bool) -> Outcome {
+async fn apply_job(tx: &mut PgConnection, job_id: i64, event_type: &str, payload: &str, savepoint: bool) -> Outcome {
     let event = match ClerkEvent::parse_json(event_type, payload) {
         Ok(Some(event)) => event,
         Ok(None) => return Outcome::Skipped,
         Err(e) => return Outcome::Permanent(e.to_string()),
     };
     if !savepoint {
-        return match reconcile::apply(tx, &event).await {
+        return match reconcile::apply(tx, &event, Some(job_id)).await {
             Ok(applied) => Outcome::Done(applied),
             Err(e) => Outcome::Retry(e),
         };
@@ -350,7 +351,7 @@ async fn apply_job(tx: &mut PgConnection, event_type: &str, payload: &str, savep
         Ok(sp) => sp,
         Err(e) => return Outcome::Retry(ApplyError::Database(e)),
     };
-    match reconcile::apply(&mut sp, &event).await {
+    match reconcile::apply(&mut sp, &event, Some(job_id)).await {
         Ok(applied) => match sp.commit().await {
             Ok(()) => Outcome::Done(applied),
             Err(e) => Outcome::Retry(ApplyError::Database(e)),
@@ -445,13 +446,19 @@ async fn listen(pool: PgPool, wake: Arc<Notify>, cancel: CancellationToken) {
     }
 }
 
-/// Deletes `done` and `skipped` jobs older than `retention`, in small batches, hourly.
+/// Deletes `done` and `skipped` jobs, and changes of the feed, older than `retention`, in small
+/// batches, hourly.
 async fn prune_loop(pool: PgPool, retention: Duration, cancel: CancellationToken) {
     loop {
         match prune(&pool, retention).await {
             Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned old jobs"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "pruning old jobs failed"),
+        }
+        match crate::changes::prune(&pool, retention).await {
+            Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned old changes"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning old changes failed"),
         }
         tokio::select! {
             _ = cancel.cancelled() => return,

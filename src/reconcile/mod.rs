@@ -60,16 +60,17 @@ impl ApplyError {
     }
 }
 
-/// Applies one event inside the caller's transaction. Ok says what it did; Err is retryable
-/// and leaves the caller to roll back its savepoint.
-pub async fn apply(conn: &mut PgConnection, event: &ClerkEvent) -> Result<Applied, ApplyError> {
+/// Applies one event inside the caller's transaction. `job` is the job the event came in
+/// (written to every row it changes as `last_job_id`; `None` for the resync and the self-heal).
+/// Ok says what it did; Err is retryable and leaves the caller to roll back its savepoint.
+pub async fn apply(conn: &mut PgConnection, event: &ClerkEvent, job: Option<i64>) -> Result<Applied, ApplyError> {
     match event {
-        ClerkEvent::OrganizationUpserted(org) => Ok(upsert_hotel(conn, org).await?),
-        ClerkEvent::OrganizationDeleted { id, at } => Ok(delete_hotel(conn, id, *at).await?),
-        ClerkEvent::UserUpserted(user) => Ok(upsert_user(conn, user).await?),
-        ClerkEvent::UserDeleted { id, at } => Ok(delete_user(conn, id, *at).await?),
-        ClerkEvent::MembershipUpserted(m) => upsert_membership(conn, m, None).await,
-        ClerkEvent::MembershipDeleted { membership, at } => upsert_membership(conn, membership, Some(*at)).await,
+        ClerkEvent::OrganizationUpserted(org) => Ok(upsert_hotel(conn, org, job).await?),
+        ClerkEvent::OrganizationDeleted { id, at } => Ok(delete_hotel(conn, id, *at, job).await?),
+        ClerkEvent::UserUpserted(user) => Ok(upsert_user(conn, user, job).await?),
+        ClerkEvent::UserDeleted { id, at } => Ok(delete_user(conn, id, *at, job).await?),
+        ClerkEvent::MembershipUpserted(m) => upsert_membership(conn, m, None, job).await,
+        ClerkEvent::MembershipDeleted { membership, at } => upsert_membership(conn, membership, Some(*at), job).await,
     }
 }
 
@@ -87,15 +88,20 @@ fn written(rows: u64) -> Applied {
 }
 
 /// Inserts or updates a hotel when `org` is newer than the row and the row is not a tombstone.
-pub async fn upsert_hotel(conn: &mut PgConnection, org: &Organization) -> Result<Applied, sqlx::Error> {
+pub async fn upsert_hotel(
+    conn: &mut PgConnection,
+    org: &Organization,
+    job: Option<i64>,
+) -> Result<Applied, sqlx::Error> {
     let rows = sqlx::query!(
         r#"
-        insert into hotels (id, name, slug, image_url, public_metadata, created_at, updated_at, clerk_version)
-        values ($1, $2, $3, $4, $5, $6, $7, $8)
+        insert into hotels (id, name, slug, image_url, public_metadata, created_at, updated_at, clerk_version, last_job_id)
+        values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
         on conflict (id) do update set
             name = excluded.name, slug = excluded.slug, image_url = excluded.image_url,
             public_metadata = excluded.public_metadata, created_at = excluded.created_at,
-            updated_at = excluded.updated_at, clerk_version = excluded.clerk_version
+            updated_at = excluded.updated_at, clerk_version = excluded.clerk_version,
+            last_job_id = excluded.last_job_id
         where hotels.deleted_at is null and hotels.clerk_version < excluded.clerk_version
         "#,
         org.id.as_str(),
@@ -106,6 +112,7 @@ pub async fn upsert_hotel(conn: &mut PgConnection, org: &Organization) -> Result
         to_time(org.created_at),
         to_time(org.updated_at),
         org.updated_at,
+        job,
     )
     .execute(&mut *conn)
     .await?
@@ -118,7 +125,12 @@ pub async fn upsert_hotel(conn: &mut PgConnection, org: &Organization) -> Result
 
 /// Tombstones a hotel (inserting the tombstone if the hotel was never seen, so a late
 /// `organization.created` cannot create it) and ends its live memberships.
-pub async fn delete_hotel(conn: &mut PgConnection, id: &HotelId, at: Millis) -> Result<Applied, sqlx::Error> {
+pub async fn delete_hotel(
+    conn: &mut PgConnection,
+    id: &HotelId,
+    at: Millis,
+    job: Option<i64>,
+) -> Result<Applied, sqlx::Error> {
     // Wait for memberships being written under this hotel (they hold KEY SHARE), and make new ones
     // wait for this delete: then the cascade below sees every membership committed before it.
     sqlx::query!("select 1 as locked from hotels where id = $1 for update", id.as_str())
@@ -126,25 +138,28 @@ pub async fn delete_hotel(conn: &mut PgConnection, id: &HotelId, at: Millis) -> 
         .await?;
     let rows = sqlx::query!(
         r#"
-        insert into hotels (id, name, created_at, updated_at, deleted_at, clerk_version)
-        values ($1, '', $2, $2, $2, $3)
+        insert into hotels (id, name, created_at, updated_at, deleted_at, clerk_version, last_job_id)
+        values ($1, '', $2, $2, $2, $3, $4)
         on conflict (id) do update set
             deleted_at = excluded.deleted_at,
-            clerk_version = greatest(hotels.clerk_version, excluded.clerk_version)
+            clerk_version = greatest(hotels.clerk_version, excluded.clerk_version),
+            last_job_id = excluded.last_job_id
         where hotels.deleted_at is null
         "#,
         id.as_str(),
         to_time(at),
         at,
+        job,
     )
     .execute(&mut *conn)
     .await?
     .rows_affected();
     if rows > 0 {
         sqlx::query!(
-            "update memberships set deleted_at = $2 where hotel_id = $1 and deleted_at is null",
+            "update memberships set deleted_at = $2, last_job_id = $3 where hotel_id = $1 and deleted_at is null",
             id.as_str(),
-            to_time(at)
+            to_time(at),
+            job
         )
         .execute(&mut *conn)
         .await?;
@@ -156,15 +171,16 @@ pub async fn delete_hotel(conn: &mut PgConnection, id: &HotelId, at: Millis) -> 
 
 /// Inserts or updates a user when `user` is newer than the row (a stub has version 0) and the
 /// row is not a tombstone.
-pub async fn upsert_user(conn: &mut PgConnection, user: &User) -> Result<Applied, sqlx::Error> {
+pub async fn upsert_user(conn: &mut PgConnection, user: &User, job: Option<i64>) -> Result<Applied, sqlx::Error> {
     let rows = sqlx::query!(
         r#"
-        insert into users (id, email, first_name, last_name, image_url, created_at, updated_at, clerk_version)
-        values ($1, $2, $3, $4, $5, $6, $7, $8)
+        insert into users (id, email, first_name, last_name, image_url, created_at, updated_at, clerk_version, last_job_id)
+        values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
         on conflict (id) do update set
             email = excluded.email, first_name = excluded.first_name, last_name = excluded.last_name,
             image_url = excluded.image_url, created_at = excluded.created_at,
-            updated_at = excluded.updated_at, clerk_version = excluded.clerk_version
+            updated_at = excluded.updated_at, clerk_version = excluded.clerk_version,
+            last_job_id = excluded.last_job_id
         where users.deleted_at is null and users.clerk_version < excluded.clerk_version
         "#,
         user.id.as_str(),
@@ -175,6 +191,7 @@ pub async fn upsert_user(conn: &mut PgConnection, user: &User) -> Result<Applied
         to_time(user.created_at),
         to_time(user.updated_at),
         user.updated_at,
+        job,
     )
     .execute(&mut *conn)
     .await?
@@ -183,32 +200,40 @@ pub async fn upsert_user(conn: &mut PgConnection, user: &User) -> Result<Applied
 }
 
 /// Tombstones a user (inserting the tombstone if never seen) and ends their live memberships.
-pub async fn delete_user(conn: &mut PgConnection, id: &UserId, at: Millis) -> Result<Applied, sqlx::Error> {
+pub async fn delete_user(
+    conn: &mut PgConnection,
+    id: &UserId,
+    at: Millis,
+    job: Option<i64>,
+) -> Result<Applied, sqlx::Error> {
     // As for hotels: serialise with memberships being written for this user.
     sqlx::query!("select 1 as locked from users where id = $1 for update", id.as_str())
         .fetch_optional(&mut *conn)
         .await?;
     let rows = sqlx::query!(
         r#"
-        insert into users (id, created_at, updated_at, deleted_at, clerk_version)
-        values ($1, $2, $2, $2, $3)
+        insert into users (id, created_at, updated_at, deleted_at, clerk_version, last_job_id)
+        values ($1, $2, $2, $2, $3, $4)
         on conflict (id) do update set
             deleted_at = excluded.deleted_at,
-            clerk_version = greatest(users.clerk_version, excluded.clerk_version)
+            clerk_version = greatest(users.clerk_version, excluded.clerk_version),
+            last_job_id = excluded.last_job_id
         where users.deleted_at is null
         "#,
         id.as_str(),
         to_time(at),
         at,
+        job,
     )
     .execute(&mut *conn)
     .await?
     .rows_affected();
     if rows > 0 {
         sqlx::query!(
-            "update memberships set deleted_at = $2 where user_id = $1 and deleted_at is null",
+            "update memberships set deleted_at = $2, last_job_id = $3 where user_id = $1 and deleted_at is null",
             id.as_str(),
-            to_time(at)
+            to_time(at),
+            job
         )
         .execute(&mut *conn)
         .await?;
@@ -224,6 +249,7 @@ pub async fn upsert_membership(
     conn: &mut PgConnection,
     m: &Membership,
     deleted_at: Option<Millis>,
+    job: Option<i64>,
 ) -> Result<Applied, ApplyError> {
     let hotel = &m.organization.id;
     let hotel_deleted = sqlx::query_scalar!(
@@ -237,7 +263,7 @@ pub async fn upsert_membership(
         Some(true) => return Ok(Applied::Obsolete),
         Some(false) => {}
     }
-    match ensure_user(conn, &m.public_user_data, m.created_at).await? {
+    match ensure_user(conn, &m.public_user_data, m.created_at, job).await? {
         UserState::Live => {}
         UserState::Deleted => return Ok(Applied::Obsolete),
         UserState::Busy => return Err(ApplyError::UserBusy(m.public_user_data.user_id.clone())),
@@ -247,9 +273,10 @@ pub async fn upsert_membership(
     let rows = sqlx::query!(
         r#"
         insert into memberships
-            (hotel_id, user_id, clerk_membership_id, role, created_at, updated_at, deleted_at, clerk_version)
-        values ($1, $2, $3, $4, $5, $6, $7, $8)
+            (hotel_id, user_id, clerk_membership_id, role, created_at, updated_at, deleted_at, clerk_version, last_job_id)
+        values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
         on conflict (hotel_id, user_id) do update set
+            last_job_id = excluded.last_job_id,
             clerk_membership_id = excluded.clerk_membership_id,
             role = excluded.role,
             created_at = excluded.created_at,
@@ -280,6 +307,7 @@ pub async fn upsert_membership(
         to_time(m.updated_at),
         deleted_at.map(to_time),
         version,
+        job,
     )
     .execute(&mut *conn)
     .await?
@@ -302,7 +330,12 @@ pub const ENTITY_LOCK_CLASS: i32 = 0x6f72_6773; // "orgs"
 /// Makes sure a user row exists for a membership, creating a version-0 stub from
 /// `public_user_data` (which any `user.*` event outranks), and holds `KEY SHARE` on it against a
 /// concurrent delete until the caller commits.
-async fn ensure_user(conn: &mut PgConnection, data: &PublicUserData, at: Millis) -> Result<UserState, sqlx::Error> {
+async fn ensure_user(
+    conn: &mut PgConnection,
+    data: &PublicUserData,
+    at: Millis,
+    job: Option<i64>,
+) -> Result<UserState, sqlx::Error> {
     let state = |deleted: bool| if deleted { UserState::Deleted } else { UserState::Live };
     let user = data.user_id.as_str();
     let deleted = sqlx::query_scalar!(
@@ -328,8 +361,8 @@ async fn ensure_user(conn: &mut PgConnection, data: &PublicUserData, at: Millis)
     }
     sqlx::query!(
         r#"
-        insert into users (id, email, first_name, last_name, image_url, created_at, updated_at, clerk_version)
-        values ($1, $2, $3, $4, $5, $6, $6, 0)
+        insert into users (id, email, first_name, last_name, image_url, created_at, updated_at, clerk_version, last_job_id)
+        values ($1, $2, $3, $4, $5, $6, $6, 0, $7)
         on conflict (id) do nothing
         "#,
         user,
@@ -338,6 +371,7 @@ async fn ensure_user(conn: &mut PgConnection, data: &PublicUserData, at: Millis)
         data.last_name,
         data.image_url,
         to_time(at),
+        job,
     )
     .execute(&mut *conn)
     .await?;

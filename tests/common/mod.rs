@@ -60,6 +60,7 @@ pub fn fast_workers() -> WorkerSettings {
 pub fn config(secrets: Option<&str>, worker: bool) -> ServeConfig {
     ServeConfig {
         database_url: String::new(),
+        schema: orgsync::db::Schema::default(),
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: None,
         webhook_secrets: secrets.map(str::to_owned),

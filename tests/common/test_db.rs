@@ -35,6 +35,17 @@ pub struct TestDb {
 impl TestDb {
     /// Creates and migrates a fresh database. Panics when the server cannot be reached.
     pub async fn new() -> Self {
+        let db = Self::empty().await;
+        orgsync::db::prepare(&db.url, &orgsync::db::Schema::default(), &db.pool)
+            .await
+            .expect("migrating the test database");
+        db
+    }
+
+    /// Creates a fresh, empty database (no schema, no migration), with a lazy pool on it whose
+    /// search path is the default schema, as the binary's. Panics when the server cannot be
+    /// reached.
+    pub async fn empty() -> Self {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         static SWEPT: OnceCell<()> = OnceCell::const_new();
         SWEPT.get_or_init(drop_databases_of_finished_runs).await;
@@ -47,9 +58,11 @@ impl TestDb {
         Postgres::create_database(&url)
             .await
             .unwrap_or_else(|e| panic!("creating {name} on {} (is Postgres running?): {e}", test_server()));
-        // The service's own options, named apart: tests tell the service's sessions from
-        // their own by `application_name` (see `wait_for_lock_waiters`).
-        let options = orgsync::db::connect_options(&url)
+        // The default schema, exactly as the binary uses it without ORGSYNC_SCHEMA, on a pool
+        // named apart: tests tell the service's sessions from their own by `application_name`
+        // (see `wait_for_lock_waiters`).
+        let schema = orgsync::db::Schema::default();
+        let options = orgsync::db::connect_options(&url, &schema)
             .unwrap()
             .application_name("orgsync-test");
         let settings = orgsync::db::PoolSettings {
@@ -57,9 +70,6 @@ impl TestDb {
             ..Default::default()
         };
         let pool = orgsync::db::lazy_pool(options, &settings);
-        orgsync::db::prepare(&url, &pool)
-            .await
-            .expect("migrating the test database");
         Self { name, url, pool }
     }
 }

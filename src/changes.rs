@@ -1,0 +1,131 @@
+//! The change feed: the `changes` table (migration `20261125000020_changes.sql`), one row per
+//! effective change to a hotel, user or membership row, written by triggers at the commit of the
+//! change itself.
+//!
+//! Guarantees, for any reader of `id > cursor order by id` (this module, `orgsync changes`, or
+//! plain SQL): ids are drawn in commit order under a lock held until the commit is visible, so
+//! the changes a reader can see always form a prefix of the feed. A reader that stores the last
+//! id it handled after handling it sees every change at least once, in commit order; exactly once
+//! when it stores the cursor atomically with its effect. Ids can have gaps (a rolled-back commit).
+//!
+//! Writers name their source for the feed with [`set_source`] inside each writing transaction;
+//! the job id of a webhook change is the row's `last_job_id`.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+
+/// The channel `NOTIFY`ed at the commit of changes (payload `{"schema": …, "id": first id}`).
+/// Database-wide: instances in other schemas notify it too, so it is only a wake-up.
+pub const NOTIFY_CHANNEL: &str = "orgsync_changes";
+
+/// Who made a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The consumer applying a webhook job.
+    Webhook,
+    /// The full resync from the Clerk Backend API.
+    Resync,
+    /// The self-heal fetching a missing hotel.
+    SelfHeal,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Resync => "resync",
+            Self::SelfHeal => "self_heal",
+        }
+    }
+}
+
+/// Records `source` as the source of every change the current transaction makes (a
+/// transaction-local setting, `orgsync.source`, read by the feed's trigger at commit).
+pub async fn set_source(conn: &mut PgConnection, source: Source) -> Result<(), sqlx::Error> {
+    sqlx::query("select set_config('orgsync.source', $1, true)")
+        .bind(source.as_str())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The entities the feed reports.
+pub const ENTITIES: &[&str] = &["hotel", "user", "membership"];
+
+/// One row of the feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Change {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// `hotel`, `user` or `membership`.
+    pub entity: String,
+    /// The hotel id, the user id, or the Clerk membership id.
+    pub entity_id: String,
+    /// The hotel of a hotel or membership change.
+    pub hotel_id: Option<String>,
+    /// The user of a user or membership change.
+    pub user_id: Option<String>,
+    /// `created`, `updated` or `deleted`.
+    pub op: String,
+    pub clerk_version: i64,
+    /// `webhook`, `resync` or `self_heal` (null for a writer that named none).
+    pub source: Option<String>,
+    /// The job of a webhook change.
+    pub job_id: Option<i64>,
+}
+
+/// Up to `limit` changes with `id > after`, in id order, of `entity` when given. Safe to call
+/// while changes commit concurrently: never returns a change after one that is not yet visible.
+pub async fn read_after(
+    pool: &PgPool,
+    after: i64,
+    entity: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Change>, sqlx::Error> {
+    sqlx::query_as!(
+        Change,
+        r#"
+        select id, at, entity, entity_id, hotel_id, user_id, op, clerk_version, source, job_id
+        from changes
+        where id > $1 and ($2::text is null or entity = $2)
+        order by id
+        limit $3
+        "#,
+        after,
+        entity,
+        limit,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// The highest id in the feed (0 when empty): where a consumer starting "from now" begins.
+pub async fn last_id(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let id = sqlx::query_scalar!(r#"select coalesce(max(id), 0) as "id!" from changes"#)
+        .fetch_one(pool)
+        .await?;
+    Ok(id)
+}
+
+/// Deletes changes older than `retention`, in small batches; returns how many.
+pub async fn prune(pool: &PgPool, retention: std::time::Duration) -> Result<u64, sqlx::Error> {
+    let secs = retention.as_secs_f64();
+    let mut total = 0;
+    loop {
+        let n = sqlx::query!(
+            r#"
+            delete from changes where id in (
+                select id from changes where at < now() - make_interval(secs => $1) limit 5000)
+            "#,
+            secs
+        )
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += n;
+        if n < 5000 {
+            return Ok(total);
+        }
+    }
+}
