@@ -365,7 +365,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("migrations applied");
             Ok(0)
         }
-        Command::Resync(args) => crate::resync::command(args).await,
+        Command::Resync(args) => {
+            let client = crate::clerk::api::ClerkClient::from_args(&args.clerk)?;
+            crate::resync::command(crate::resync::CommandConfig {
+                database_url: args.database.database_url,
+                client,
+                dry_run: args.dry_run,
+                verbose: args.verbose,
+                json: args.json,
+                allow_mass_delete: args.allow_mass_delete,
+                mass_delete_threshold: args.mass_delete_threshold,
+            })
+            .await
+        }
         Command::Status(args) => crate::ops::status(args).await,
         Command::Jobs(JobsCommand::List { database, filter, json }) => {
             crate::ops::jobs_list(database, filter, json).await

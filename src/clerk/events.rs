@@ -206,6 +206,13 @@ pub fn is_handled(event_type: &str) -> bool {
     HANDLED_TYPES.contains(&event_type)
 }
 
+/// Where a stored payload is decoded from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Value(&'a Value),
+    Text(&'a str),
+}
+
 #[derive(Deserialize)]
 struct TypedEnvelope<T> {
     data: T,
@@ -216,15 +223,37 @@ impl ClerkEvent {
     /// Parses a stored envelope. `Ok(None)`: a type orgsync does not handle. `Err`: the payload
     /// does not have the shape its type promises.
     pub fn parse(event_type: &str, payload: &Value) -> Result<Option<Self>, EventParseError> {
+        Self::parse_from(event_type, Source::Value(payload))
+    }
+
+    /// [`ClerkEvent::parse`] of the payload's JSON text, decoded straight into the event (no
+    /// intermediate `serde_json::Value`); text that is not JSON is a shape error.
+    pub fn parse_str(event_type: &str, payload: &str) -> Result<Option<Self>, EventParseError> {
+        Self::parse_from(event_type, Source::Text(payload))
+    }
+
+    fn parse_from(event_type: &str, payload: Source<'_>) -> Result<Option<Self>, EventParseError> {
         fn data<T: serde::de::DeserializeOwned>(
             event_type: &str,
-            payload: &Value,
+            payload: Source<'_>,
         ) -> Result<(T, Option<Millis>), EventParseError> {
-            let env: TypedEnvelope<T> =
-                serde::Deserialize::deserialize(payload).map_err(|e| EventParseError::Shape {
-                    event_type: event_type.to_owned(),
-                    reason: e.to_string(),
-                })?;
+            let shape = |reason: String| EventParseError::Shape {
+                event_type: event_type.to_owned(),
+                reason,
+            };
+            let env: TypedEnvelope<T> = match payload {
+                Source::Value(v) => serde::Deserialize::deserialize(v).map_err(|e| shape(e.to_string()))?,
+                // serde's message when it quotes nothing of the input (`missing field ...`), else
+                // only the category and position.
+                Source::Text(t) => serde_json::from_str(t).map_err(|e| {
+                    let message = e.to_string();
+                    shape(if message.contains('"') {
+                        format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column())
+                    } else {
+                        message
+                    })
+                })?,
+            };
             Ok((env.data, env.timestamp.map(normalize_event_time)))
         }
         let need_time = |t: Option<Millis>| t.ok_or_else(|| EventParseError::MissingTimestamp(event_type.to_owned()));

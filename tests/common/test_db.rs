@@ -47,7 +47,11 @@ impl TestDb {
         Postgres::create_database(&url)
             .await
             .unwrap_or_else(|e| panic!("creating {name} on {} (is Postgres running?): {e}", test_server()));
-        let options = orgsync::db::connect_options(&url).unwrap();
+        // The test's own sessions are named apart from the service's (`orgsync`), which tests
+        // look for in pg_stat_activity.
+        let options = orgsync::db::connect_options(&url)
+            .unwrap()
+            .application_name("orgsync-test");
         let settings = orgsync::db::PoolSettings {
             max_connections: 20,
             ..Default::default()
