@@ -278,15 +278,16 @@ struct Harness {
     quiet: TestDb,
 }
 
-/// What Clerk holds at the end of a history: the last data of every live organization, user and
-/// membership.
-fn final_state(
-    events: &[Value],
-) -> (
+/// Organizations, users and memberships (by hotel and user), each by id.
+type FinalState = (
     BTreeMap<String, Value>,
     BTreeMap<String, Value>,
     BTreeMap<(String, String), Value>,
-) {
+);
+
+/// What Clerk holds at the end of a history: the last data of every live organization, user and
+/// membership.
+fn final_state(events: &[Value]) -> FinalState {
     let (mut orgs, mut users, mut members) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     for e in events {
         let d = &e["data"];

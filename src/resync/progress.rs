@@ -14,6 +14,12 @@ pub struct Bars {
     stage: ProgressBar,
 }
 
+impl Default for Bars {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Bars {
     pub fn new() -> Self {
         let multi = MultiProgress::new();
