@@ -8,47 +8,16 @@
 //! id it handled after handling it sees every change at least once, in commit order; exactly once
 //! when it stores the cursor atomically with its effect. Ids can have gaps (a rolled-back commit).
 //!
-//! Writers name their source for the feed with [`set_source`] inside each writing transaction;
-//! the job id of a webhook change is the row's `last_job_id`.
+//! Writers name their source for the feed with [`crate::reconcile::begin`] inside each writing
+//! transaction; the job id of a webhook change is the row's `last_job_id`.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 
 /// The channel `NOTIFY`ed at the commit of changes (payload `{"schema": …, "id": first id}`).
 /// Database-wide: instances in other schemas notify it too, so it is only a wake-up.
 pub const NOTIFY_CHANNEL: &str = "orgsync_changes";
-
-/// Who made a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// The consumer applying a webhook job.
-    Webhook,
-    /// The full resync from the Clerk Backend API.
-    Resync,
-    /// The self-heal fetching a missing hotel.
-    SelfHeal,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Webhook => "webhook",
-            Self::Resync => "resync",
-            Self::SelfHeal => "self_heal",
-        }
-    }
-}
-
-/// Records `source` as the source of every change the current transaction makes (a
-/// transaction-local setting, `orgsync.source`, read by the feed's trigger at commit).
-pub async fn set_source(conn: &mut PgConnection, source: Source) -> Result<(), sqlx::Error> {
-    sqlx::query("select set_config('orgsync.source', $1, true)")
-        .bind(source.as_str())
-        .execute(conn)
-        .await?;
-    Ok(())
-}
 
 /// The entities the feed reports.
 pub const ENTITIES: &[&str] = &["hotel", "user", "membership"];

@@ -507,7 +507,7 @@ async fn concurrent_writers_of_one_hotel_never_lose_the_newest_update() {
             let o = org(v);
             tokio::spawn(async move {
                 let mut tx = pool.begin().await.unwrap();
-                orgsync::reconcile::upsert_hotel(&mut tx, &o, None).await.unwrap();
+                orgsync::reconcile::upsert_hotel(&mut tx, &o).await.unwrap();
                 tokio::task::yield_now().await;
                 tx.commit().await.unwrap();
             })
@@ -553,12 +553,12 @@ async fn a_membership_racing_its_hotels_delete_never_stays_live() {
         let (p1, p2) = (pool.clone(), pool.clone());
         let add = tokio::spawn(async move {
             let mut tx = p1.begin().await.unwrap();
-            orgsync::reconcile::apply(&mut tx, &m, None).await.unwrap();
+            orgsync::reconcile::apply(&mut tx, &m).await.unwrap();
             tx.commit().await.unwrap();
         });
         let del = tokio::spawn(async move {
             let mut tx = p2.begin().await.unwrap();
-            orgsync::reconcile::delete_hotel(&mut tx, &hid, T0 + 5, None)
+            orgsync::reconcile::delete_hotel(&mut tx, &hid, T0 + 5)
                 .await
                 .unwrap();
             tx.commit().await.unwrap();

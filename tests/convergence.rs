@@ -4,12 +4,16 @@
 //! Random histories of hotels, users and memberships (created, renamed, role changes, removed,
 //! invited again, deleted) become Clerk events; those are delivered shuffled and duplicated
 //! through the real HTTP receiver to an app with several concurrent workers, and the resulting
-//! rows are compared with in-order application of the same events.
+//! rows are compared with in-order application of the same events. The same histories then run
+//! two more ways, which must end in the same rows: (a) the consumer alone, one job per batch, in
+//! delivery order; (c) a resync alone, from a fake Clerk API holding the history's final state
+//! (live rows compared: a resync from nothing has no tombstones to write).
 //!
 //! Knobs: `ORGSYNC_PROPTEST_CASES` (default 12) and `ORGSYNC_PROPTEST_SEED` (a number; fixed by
 //! default so CI is repeatable).
 
 mod common;
+mod fake_clerk;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -24,6 +28,10 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use sqlx::PgPool;
+
+use fake_clerk::FakeClerk;
+use orgsync::queue::runner::{run_batch, WorkerSettings};
+use orgsync::resync::{resync, ResyncOptions};
 
 const ORGS: u8 = 4;
 const USERS: u8 = 5;
@@ -246,7 +254,7 @@ async fn snapshot(pool: &PgPool) -> Value {
 }
 
 async fn reset(pool: &PgPool) {
-    sqlx::query("truncate memberships, hotels, users, jobs restart identity")
+    sqlx::query("truncate memberships, hotels, users, jobs, snapshot_marks restart identity")
         .execute(pool)
         .await
         .unwrap();
@@ -256,7 +264,7 @@ async fn in_order(pool: &PgPool, events: &[Value]) -> Value {
     for e in events {
         let event = ClerkEvent::parse(&kind(e), e).unwrap().unwrap();
         let mut tx = pool.begin().await.unwrap();
-        orgsync::reconcile::apply(&mut tx, &event, None).await.unwrap();
+        orgsync::reconcile::apply(&mut tx, &event).await.unwrap();
         tx.commit().await.unwrap();
     }
     snapshot(pool).await
@@ -266,6 +274,97 @@ struct Harness {
     app: TestApp,
     server: PgPool,
     db: String,
+    /// A database without workers, for the one-job-per-batch consumer and the resync.
+    quiet: TestDb,
+}
+
+/// Organizations, users and memberships (by hotel and user), each by id.
+type FinalState = (
+    BTreeMap<String, Value>,
+    BTreeMap<String, Value>,
+    BTreeMap<(String, String), Value>,
+);
+
+/// What Clerk holds at the end of a history: the last data of every live organization, user and
+/// membership.
+fn final_state(events: &[Value]) -> FinalState {
+    let (mut orgs, mut users, mut members) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    for e in events {
+        let d = &e["data"];
+        let id = d["id"].as_str().unwrap_or_default().to_owned();
+        match kind(e).as_str() {
+            "organization.created" | "organization.updated" => {
+                orgs.insert(id, d.clone());
+            }
+            "organization.deleted" => {
+                orgs.remove(&id);
+                members.retain(|(o, _): &(String, String), _| *o != id);
+            }
+            "user.created" | "user.updated" => {
+                users.insert(id, d.clone());
+            }
+            "user.deleted" => {
+                users.remove(&id);
+                members.retain(|(_, u): &(String, String), _| *u != id);
+            }
+            k => {
+                let key = (
+                    d["organization"]["id"].as_str().unwrap().to_owned(),
+                    d["public_user_data"]["user_id"].as_str().unwrap().to_owned(),
+                );
+                if k == "organizationMembership.deleted" {
+                    members.remove(&key);
+                } else {
+                    members.insert(key, d.clone());
+                }
+            }
+        }
+    }
+    (orgs, users, members)
+}
+
+/// The live rows of a [`snapshot`].
+fn live(snapshot: &Value) -> Value {
+    serde_json::json!({
+        "hotels": snapshot["hotels"], "users": snapshot["users"], "memberships": snapshot["memberships"],
+    })
+}
+
+/// Runs every job one per batch, in claim order, until all are done.
+async fn one_job_per_batch(pool: &PgPool) -> Result<(), String> {
+    let settings = WorkerSettings {
+        batch_size: 1,
+        retry_base: Duration::from_millis(1),
+        retry_cap: Duration::from_millis(5),
+        max_attempts: 100_000,
+        ..WorkerSettings::default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let report = run_batch(pool, &settings).await.map_err(|e| e.to_string())?;
+        if tokio::time::Instant::now() > deadline {
+            return Err("one job per batch: not converged in 60 s".into());
+        }
+        if report.claimed > 0 {
+            continue;
+        }
+        let (open, dead): (i64, i64) = sqlx::query_as(
+            "select count(*) filter (where state = 'available'), count(*) filter (where state = 'dead') from jobs",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if dead > 0 {
+            return Err("a job dead-lettered (one per batch)".into());
+        }
+        if open == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err("one job per batch: not converged in 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 impl Harness {
@@ -293,7 +392,8 @@ impl Harness {
         cfg.worker_settings.max_attempts = 100_000; // a membership may wait long for its hotel
         cfg.worker_settings.retry_cap = Duration::from_millis(100);
         let app = TestApp::spawn(pool, cfg).await;
-        Self { app, server, db }
+        let quiet = TestDb::new().await;
+        Self { app, server, db, quiet }
     }
 
     async fn check(&self, ops: &[Op], steps: &[u16], seed: u64) -> Result<(), String> {
@@ -356,11 +456,47 @@ impl Harness {
                 events.iter().map(kind).collect::<Vec<_>>().join(", ")
             ));
         }
+
+        // (a) The consumer alone, one job per batch, in delivery order.
+        let quiet = &self.quiet.pool;
+        reset(quiet).await;
+        let mut stored = BTreeSet::new();
+        for (id, body) in &deliveries {
+            if stored.insert(id) {
+                insert_job(quiet, id, &serde_json::from_str(body).unwrap()).await;
+            }
+        }
+        one_job_per_batch(quiet).await?;
+        let one_by_one = snapshot(quiet).await;
+        if one_by_one != expected {
+            return Err(format!(
+                "one job per batch diverged\nexpected: {expected:#}\nactual: {one_by_one:#}"
+            ));
+        }
+
+        // (c) A resync alone, from a fake Clerk holding the final state.
+        reset(quiet).await;
+        let fake = FakeClerk::start().await;
+        let (orgs, users, members) = final_state(&events);
+        orgs.values().for_each(|o| fake.put_org(o));
+        users.values().for_each(|u| fake.put_user(u));
+        members.values().for_each(|m| fake.put_membership(m));
+        resync(quiet, &fake.client(), &ResyncOptions::default())
+            .await
+            .map_err(|e| format!("resync failed: {e}"))?;
+        let resynced = live(&snapshot(quiet).await);
+        if resynced != live(&expected) {
+            return Err(format!(
+                "a resync from the final state diverged\nexpected: {:#}\nactual: {resynced:#}",
+                live(&expected)
+            ));
+        }
         Ok(())
     }
 
     async fn stop(self) {
-        let Self { app, server, db } = self;
+        let Self { app, server, db, quiet } = self;
+        drop(quiet);
         app.pool.close().await;
         app.stop().await;
         let _ = sqlx::query(&format!("drop database if exists {db} with (force)"))
@@ -401,8 +537,10 @@ fn shuffled_duplicated_concurrent_deliveries_converge_to_the_in_order_state() {
         any::<u64>(),
     );
     let result = runner.run(&strategy, |(ops, steps, shuffle)| {
-        rt.block_on(harness.check(&ops, &steps, shuffle))
-            .map_err(TestCaseError::fail)
+        rt.block_on(harness.check(&ops, &steps, shuffle)).map_err(|e| {
+            eprintln!("case failed: {}", e.lines().next().unwrap_or_default());
+            TestCaseError::fail(e)
+        })
     });
     rt.block_on(harness.stop());
     if let Err(e) = result {

@@ -559,7 +559,7 @@ proptest! {
         let _ = Envelope::parse(&bytes);
         if let Ok(text) = std::str::from_utf8(&bytes) {
             for t in orgsync::clerk::events::HANDLED_TYPES {
-                let _ = ClerkEvent::parse_json(t, text);
+                let _ = ClerkEvent::parse_str(t, text);
             }
         }
     }

@@ -397,12 +397,25 @@ impl ClerkClient {
 
     /// `GET /v1/users/count`: how many users the instance has.
     pub async fn count_users(&self) -> Result<i64, ClerkApiError> {
+        Ok(self.count_users_with_clock().await?.0)
+    }
+
+    /// [`Self::count_users`], with Clerk's clock at the answer (its `Date`, whole seconds,
+    /// truncated; None when unreadable).
+    pub async fn count_users_with_clock(&self) -> Result<(i64, Option<chrono::DateTime<chrono::Utc>>), ClerkApiError> {
         #[derive(Deserialize)]
         struct TotalCount {
             total_count: i64,
         }
-        let body = self.get("users_count", "/v1/users/count", &[]).await?;
-        Ok(decode::<TotalCount>(&body, "GET /v1/users/count")?.total_count)
+        let (body, date) = self.get_dated("users_count", "/v1/users/count", &[]).await?;
+        Ok((decode::<TotalCount>(&body, "GET /v1/users/count")?.total_count, date))
+    }
+
+    /// Clerk's clock: the `Date` of its answer to a cheap request (whole seconds, truncated), read
+    /// before a listing begins so that it is no later than the listing's start in Clerk's time.
+    /// Ok(None) when the answer carries no readable `Date`.
+    pub async fn clock(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>, ClerkApiError> {
+        Ok(self.count_users_with_clock().await?.1)
     }
 
     /// One GET with the budget and the retry policy. Ok is a 2xx body. `label` is a
@@ -413,6 +426,16 @@ impl ClerkClient {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<bytes::Bytes, ClerkApiError> {
+        Ok(self.get_dated(label, path, query).await?.0)
+    }
+
+    /// [`Self::get`], with the answer's `Date` header.
+    async fn get_dated(
+        &self,
+        label: &'static str,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<(bytes::Bytes, Option<chrono::DateTime<chrono::Utc>>), ClerkApiError> {
         let inner = &*self.inner;
         let url = format!("{}{}", inner.base_url, path);
         // Errors name the path and the paging position, never the key or a body.
@@ -445,7 +468,13 @@ impl ClerkClient {
                         .headers()
                         .get(reqwest::header::RETRY_AFTER)
                         .and_then(parse_retry_after);
-                    resp.bytes().await.map(|body| (status, retry_after, body))
+                    let date = resp
+                        .headers()
+                        .get(reqwest::header::DATE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
+                        .map(|d| d.with_timezone(&chrono::Utc));
+                    resp.bytes().await.map(|body| (status, (retry_after, date), body))
                 }
                 Err(e) => Err(e),
             };
@@ -461,8 +490,8 @@ impl ClerkClient {
 
             // Decide: done, fail now, or wait `delay` and retry (giving `failure` if out of retries).
             let (delay, failure) = match answer {
-                Ok((status, _, body)) if status.is_success() => return Ok(body),
-                Ok((status, retry_after, body)) if status.as_u16() == 429 => {
+                Ok((status, (_, date), body)) if status.is_success() => return Ok((body, date)),
+                Ok((status, (retry_after, _), body)) if status.as_u16() == 429 => {
                     let next = backoff.next();
                     // Clerk's Retry-After says when the window reopens: wait that long (bounded),
                     // and hold every other request of this process too, since they would only

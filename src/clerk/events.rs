@@ -158,6 +158,13 @@ pub fn is_handled(event_type: &str) -> bool {
     HANDLED_TYPES.contains(&event_type)
 }
 
+/// Where a stored payload is decoded from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Value(&'a Value),
+    Text(&'a str),
+}
+
 #[derive(Deserialize)]
 struct TypedEnvelope<T> {
     data: T,
@@ -168,29 +175,37 @@ impl ClerkEvent {
     /// Parses a stored envelope. `Ok(None)`: a type orgsync does not handle. `Err`: the payload
     /// does not have the shape its type promises.
     pub fn parse(event_type: &str, payload: &Value) -> Result<Option<Self>, EventParseError> {
-        Self::parse_from(event_type, Payload::Value(payload))
+        Self::parse_from(event_type, Source::Value(payload))
     }
 
-    /// As [`ClerkEvent::parse`], from the stored JSON text: decodes only the fields orgsync
-    /// uses (anything else, however deep or odd, is skipped), so a payload that serde_json could
-    /// not turn into a [`Value`] as a whole still parses.
-    pub fn parse_json(event_type: &str, payload: &str) -> Result<Option<Self>, EventParseError> {
-        Self::parse_from(event_type, Payload::Text(payload))
+    /// [`ClerkEvent::parse`] of the payload's JSON text, decoded straight into the event (no
+    /// intermediate `serde_json::Value`); text that is not JSON is a shape error.
+    pub fn parse_str(event_type: &str, payload: &str) -> Result<Option<Self>, EventParseError> {
+        Self::parse_from(event_type, Source::Text(payload))
     }
 
-    fn parse_from(event_type: &str, payload: Payload<'_>) -> Result<Option<Self>, EventParseError> {
+    fn parse_from(event_type: &str, payload: Source<'_>) -> Result<Option<Self>, EventParseError> {
         fn data<T: serde::de::DeserializeOwned>(
             event_type: &str,
-            payload: Payload<'_>,
+            payload: Source<'_>,
         ) -> Result<(T, Option<Millis>), EventParseError> {
-            let env: Result<TypedEnvelope<T>, serde_json::Error> = match payload {
-                Payload::Value(v) => serde::Deserialize::deserialize(v),
-                Payload::Text(t) => serde_json::from_str(t),
-            };
-            let env = env.map_err(|e| EventParseError::Shape {
+            let shape = |reason: String| EventParseError::Shape {
                 event_type: event_type.to_owned(),
-                reason: e.to_string(),
-            })?;
+                reason,
+            };
+            let env: TypedEnvelope<T> = match payload {
+                Source::Value(v) => serde::Deserialize::deserialize(v).map_err(|e| shape(e.to_string()))?,
+                // serde's message when it quotes nothing of the input (`missing field ...`), else
+                // only the category and position.
+                Source::Text(t) => serde_json::from_str(t).map_err(|e| {
+                    let message = e.to_string();
+                    shape(if message.contains('"') {
+                        format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column())
+                    } else {
+                        message
+                    })
+                })?,
+            };
             Ok((env.data, env.timestamp.map(normalize_event_time)))
         }
         let need_time = |t: Option<Millis>| t.ok_or_else(|| EventParseError::MissingTimestamp(event_type.to_owned()));
@@ -226,13 +241,6 @@ impl ClerkEvent {
         };
         Ok(Some(event))
     }
-}
-
-/// Where [`ClerkEvent::parse_from`] reads an event from.
-#[derive(Clone, Copy)]
-enum Payload<'a> {
-    Value(&'a Value),
-    Text(&'a str),
 }
 
 fn empty_object() -> Value {

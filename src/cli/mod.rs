@@ -464,7 +464,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("migrations applied (schema {})", args.schema);
             Ok(0)
         }
-        Command::Resync(args) => crate::resync::command(args).await,
+        Command::Resync(args) => {
+            let client = crate::clerk::api::ClerkClient::from_config(&args.clerk.config())?;
+            crate::resync::command(crate::resync::CommandConfig {
+                database_url: args.database.database_url,
+                schema: args.database.schema,
+                client,
+                dry_run: args.dry_run,
+                verbose: args.verbose,
+                json: args.json,
+                allow_mass_delete: args.allow_mass_delete,
+                mass_delete_threshold: args.mass_delete_threshold,
+            })
+            .await
+        }
         Command::Status(args) => commands::status(args).await,
         Command::Jobs(JobsCommand::List { database, filter, json }) => {
             commands::jobs_list(database, filter, json).await

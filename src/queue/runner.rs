@@ -1,9 +1,12 @@
 //! The consumer. Workers claim batches of due jobs with `FOR UPDATE SKIP LOCKED` and apply them
 //! inside the transaction that holds the lock:
 //!
-//! - each job runs under a savepoint, so a failing job rolls back only its own effect;
+//! - the batch is applied through the rule book ([`crate::reconcile`]) a kind at a time, a few
+//!   statements per batch; a database error reruns it with one savepoint per job, so a failing
+//!   job rolls back only its own effect;
 //! - success marks the job `done`, failure writes its retry bookkeeping (attempts, next run,
-//!   error), both in that same transaction, so the effect and the bookkeeping commit together;
+//!   error, the hotel it waits for), in one statement of that same transaction, so the effect and
+//!   the bookkeeping commit together;
 //! - the lock *is* the lease: a worker that dies loses its connection and Postgres rolls the
 //!   batch back, so its jobs are claimable again with nothing half-applied. A worker that stalls
 //!   (idle in its transaction longer than the lease) is cut off by the server for the same result.
@@ -158,10 +161,11 @@ impl Runner {
 /// Ok reports what happened (an empty report when nothing was due). Err means the batch could
 /// not be claimed or committed; then nothing of it took effect and its jobs stay claimable.
 ///
-/// The batch first runs without savepoints (the common case: every job applies, or fails in a
-/// way detected before writing, such as a missing hotel). A database error inside a job aborts
-/// that transaction, so the batch is then rolled back and run again with one savepoint per job,
-/// where a failing job rolls back only its own effect.
+/// The batch is applied set-based through [`reconcile::apply_events`]: a few statements for the
+/// whole batch, then one statement of bookkeeping. A database error aborts that transaction; the
+/// batch is then rolled back and run again with each job under a savepoint of its own, so a job
+/// whose content Postgres refuses (e.g. a NUL in a name) ends `dead` alone and a transient error
+/// (deadlock, serialization) retries only the jobs it hit.
 pub async fn run_batch(pool: &PgPool, settings: &WorkerSettings) -> Result<BatchReport, sqlx::Error> {
     match run_batch_with(pool, settings, false).await {
         Err(BatchError::Aborted) => match run_batch_with(pool, settings, true).await {
@@ -175,7 +179,7 @@ pub async fn run_batch(pool: &PgPool, settings: &WorkerSettings) -> Result<Batch
 }
 
 enum BatchError {
-    /// A job failed with a database error in a batch without savepoints.
+    /// A statement failed in a batch applied as a whole.
     Aborted,
     Database(sqlx::Error),
 }
@@ -186,22 +190,42 @@ impl From<sqlx::Error> for BatchError {
     }
 }
 
-async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, savepoints: bool) -> Result<BatchReport, BatchError> {
+/// A claimed job: its payload stays text until decoded into the event it claims to be.
+struct Claimed {
+    id: i64,
+    event_id: String,
+    event_type: String,
+    payload: String,
+    attempts: i32,
+}
+
+/// What became of one job.
+enum Fate {
+    Applied(reconcile::Outcome),
+    /// A type orgsync does not handle.
+    Skipped,
+    /// Can never apply (undecodable payload, content Postgres refuses): dead at once.
+    Permanent(String),
+    /// May apply later.
+    Retry(ApplyError),
+}
+
+async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, isolated: bool) -> Result<BatchReport, BatchError> {
     let mut tx = pool.begin().await?;
     // The lease: a worker silent this long inside its transaction is disconnected by the
     // server, which rolls back and so releases its jobs.
     let lease_ms = settings.lease.as_millis().to_string();
-    // The change feed names the source of this transaction's changes (see crate::changes).
-    sqlx::query("select set_config('idle_in_transaction_session_timeout', $1, true), set_config('orgsync.source', 'webhook', true)")
+    sqlx::query("select set_config('idle_in_transaction_session_timeout', $1, true)")
         .bind(&lease_ms)
         .execute(&mut *tx)
         .await?;
     // One entity (hotel or user) per worker at a time: a job is claimable only when no other
     // transaction holds its entity's advisory lock, so concurrent batches touch disjoint rows and
     // neither wait for nor deadlock with each other. The lock is reentrant within a transaction
-    // and released at its end. The payload comes as text: each job decodes it on its own
-    // (`apply_job`), so nothing in one job's payload can fail the claim.
-    let jobs = sqlx::query!(
+    // and released at its end. The payload is read as text (whatever the column's JSON type) and
+    // decoded per job, so a payload that does not decode only fails its own job.
+    let jobs: Vec<Claimed> = sqlx::query_as!(
+        Claimed,
         r#"
         select id, event_id, event_type, payload::text as "payload!", attempts
         from jobs
@@ -225,184 +249,199 @@ async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, savepoints: bo
         tx.commit().await?;
         return Ok(report);
     }
-    let mut done = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let attempt = job.attempts + 1;
-        let span = tracing::info_span!("job", job_id = job.id, event_id = %job.event_id, event_type = %job.event_type, attempt);
-        let started = std::time::Instant::now();
-        let outcome = apply_job(&mut tx, job.id, &job.event_type, &job.payload, savepoints)
-            .instrument(span.clone())
-            .await;
-        let _enter = span.enter();
-        let kind = job.event_type.as_str();
-        metrics::histogram!("orgsync_job_duration_seconds", "type" => kind.to_owned())
-            .record(started.elapsed().as_secs_f64());
-        match outcome {
-            Outcome::Done(applied) => {
-                tracing::debug!(?applied, "applied");
-                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "done")
-                    .increment(1);
-                done.push(job.id);
+    let started = std::time::Instant::now();
+    let mut fates: Vec<Option<Fate>> = Vec::with_capacity(jobs.len());
+    let mut events: Vec<(usize, ClerkEvent)> = Vec::with_capacity(jobs.len());
+    for (i, job) in jobs.iter().enumerate() {
+        match ClerkEvent::parse_str(&job.event_type, &job.payload) {
+            Ok(Some(event)) => {
+                fates.push(None);
+                events.push((i, event));
             }
-            Outcome::Skipped => {
-                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "skipped")
-                    .increment(1);
-                sqlx::query!(
-                    "update jobs set state = 'skipped', attempts = attempts + 1, done_at = now(), updated_at = now() where id = $1",
-                    job.id
-                )
-                .execute(&mut *tx)
-                .await?;
-            }
-            Outcome::Retry(ApplyError::Database(e)) if is_content_error(&e) => {
-                if !savepoints {
-                    // The statement aborted the transaction: run the batch again with savepoints.
-                    let _ = tx.rollback().await;
-                    return Err(BatchError::Aborted);
+            Ok(None) => fates.push(Some(Fate::Skipped)),
+            Err(e) => fates.push(Some(Fate::Permanent(e.to_string()))),
+        }
+    }
+    reconcile::begin(&mut tx, reconcile::Source::Webhook).await?;
+    if !isolated {
+        let items: Vec<_> = events
+            .iter()
+            .map(|(i, e)| reconcile::Item {
+                job: Some(jobs[*i].id),
+                value: e,
+            })
+            .collect();
+        match reconcile::apply_events(&mut tx, reconcile::Source::Webhook, &items).await {
+            Ok(outcomes) => {
+                for ((i, _), outcome) in events.iter().zip(outcomes) {
+                    fates[*i] = Some(Fate::Applied(outcome));
                 }
-                // The rows cannot hold what this event carries: retrying cannot help.
-                let error = format!("the database refused this event's values: {}", database_message(&e));
-                tracing::warn!(%error, "permanent failure; job is dead");
-                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "dead")
-                    .increment(1);
-                record_failure(&mut tx, job.id, attempt, &error, None, None).await?;
-                report.dead += 1;
             }
-            Outcome::Permanent(error) => {
-                tracing::warn!(%error, "permanent failure; job is dead");
-                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => "dead")
-                    .increment(1);
-                record_failure(&mut tx, job.id, attempt, &error, None, None).await?;
-                report.dead += 1;
-            }
-            Outcome::Retry(ApplyError::Database(e)) if !savepoints => {
-                tracing::debug!(error = %e, "database error without savepoints; rerunning the batch with them");
+            Err(e) => {
+                tracing::debug!(error = %e, "batch aborted by a database error; rerunning it job by job");
                 let _ = tx.rollback().await;
                 return Err(BatchError::Aborted);
             }
-            Outcome::Retry(error) => {
-                let message = error.to_string();
-                let waiting_for = error.waiting_for().cloned();
-                let dead = attempt >= settings.max_attempts;
-                let delay = (!dead).then(|| retry_delay(settings, attempt));
-                if dead {
-                    tracing::warn!(error = %message, "attempts exhausted; job is dead");
-                    report.dead += 1;
-                } else {
-                    tracing::info!(error = %message, retry_in_ms = delay.map(|d| d.as_millis() as u64), "retryable failure");
-                    report.retried += 1;
-                }
-                let outcome = if dead { "dead" } else { "retry" };
-                metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => outcome)
-                    .increment(1);
-                record_failure(&mut tx, job.id, attempt, &message, delay, waiting_for.as_ref()).await?;
-                if let (Some(hotel), false) = (waiting_for, dead) {
-                    report.missing_hotels.push((hotel, attempt));
-                }
-            }
+        }
+    } else {
+        for (i, event) in &events {
+            let job = &jobs[*i];
+            let span =
+                tracing::info_span!("job", job_id = job.id, event_id = %job.event_id, event_type = %job.event_type);
+            fates[*i] = Some(apply_alone(&mut tx, job.id, event).instrument(span).await);
         }
     }
-    if !done.is_empty() {
-        sqlx::query!(
-            r#"
-            update jobs set state = 'done', attempts = attempts + 1, done_at = now(), updated_at = now(),
-                            waiting_for = null
-            where id = any($1)
-            "#,
-            &done
-        )
-        .execute(&mut *tx)
-        .await?;
+    let elapsed = started.elapsed().as_secs_f64() / jobs.len() as f64;
+
+    let mut book = Bookkeeping::default();
+    for (job, fate) in jobs.iter().zip(fates) {
+        let attempt = job.attempts + 1;
+        let span = tracing::info_span!("job", job_id = job.id, event_id = %job.event_id, event_type = %job.event_type, attempt);
+        let _enter = span.enter();
+        let kind = job.event_type.as_str();
+        metrics::histogram!("orgsync_job_duration_seconds", "type" => kind.to_owned()).record(elapsed);
+        let fate = match fate.expect("every job has a fate") {
+            Fate::Applied(reconcile::Outcome::WaitingForHotel(h)) => Fate::Retry(ApplyError::MissingHotel(h)),
+            Fate::Applied(reconcile::Outcome::UserBusy(u)) => Fate::Retry(ApplyError::UserBusy(u)),
+            other => other,
+        };
+        let outcome = match fate {
+            Fate::Applied(applied) => {
+                tracing::debug!(?applied, "applied");
+                book.push(job.id, "done", None, None, None);
+                report.done += 1;
+                "done"
+            }
+            Fate::Skipped => {
+                book.push(job.id, "skipped", None, None, None);
+                "skipped"
+            }
+            Fate::Permanent(error) => {
+                tracing::warn!(%error, "permanent failure; job is dead");
+                book.push(job.id, "dead", Some(error), None, None);
+                report.dead += 1;
+                "dead"
+            }
+            Fate::Retry(error) => {
+                let message = error.to_string();
+                let waiting_for = error.waiting_for().cloned();
+                if attempt >= settings.max_attempts {
+                    tracing::warn!(error = %message, "attempts exhausted; job is dead");
+                    book.push(job.id, "dead", Some(message), None, None);
+                    report.dead += 1;
+                    "dead"
+                } else {
+                    let delay = retry_delay(settings, attempt);
+                    tracing::info!(error = %message, retry_in_ms = delay.as_millis() as u64, "retryable failure");
+                    book.push(
+                        job.id,
+                        "available",
+                        Some(message),
+                        Some(delay),
+                        waiting_for.as_ref().map(|h| h.as_str().to_owned()),
+                    );
+                    report.retried += 1;
+                    if let Some(hotel) = waiting_for {
+                        report.missing_hotels.push((hotel, attempt));
+                    }
+                    "retry"
+                }
+            }
+        };
+        metrics::counter!("orgsync_jobs_processed_total", "type" => kind.to_owned(), "outcome" => outcome).increment(1);
     }
+    book.write(&mut tx).await?;
     tx.commit().await?;
-    report.done = done.len();
     Ok(report)
 }
 
-/// True when Postgres refused a statement for the values in it (SQLSTATE class 22 data
-/// exception, 54 program limit): the same event would fail the same way on every attempt.
-fn is_content_error(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("54")))
-}
-
-/// Postgres's message for a database error (it names the problem, not the value).
-fn database_message(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::Database(db) => db.message().to_owned(),
-        other => other.to_string(),
-    }
-}
-
-/// Decodes and applies one job inside the batch transaction, under a savepoint when asked. A
-/// payload that does not decode as its type is `Permanent` (the job is dead at once).
-async fn apply_job(tx: &mut PgConnection, job_id: i64, event_type: &str, payload: &str, savepoint: bool) -> Outcome {
-    let event = match ClerkEvent::parse_json(event_type, payload) {
-        Ok(Some(event)) => event,
-        Ok(None) => return Outcome::Skipped,
-        Err(e) => return Outcome::Permanent(e.to_string()),
-    };
-    if !savepoint {
-        return match reconcile::apply(tx, &event, Some(job_id)).await {
-            Ok(applied) => Outcome::Done(applied),
-            Err(e) => Outcome::Retry(e),
-        };
-    }
+/// Applies one event under a savepoint: a database error rolls back only this job. An error in
+/// the data class (22xxx: a value Postgres refuses) can never succeed, so the job is dead; any
+/// other is retried.
+async fn apply_alone(tx: &mut PgConnection, job: i64, event: &ClerkEvent) -> Fate {
     let mut sp = match tx.begin().await {
         Ok(sp) => sp,
-        Err(e) => return Outcome::Retry(ApplyError::Database(e)),
+        Err(e) => return Fate::Retry(ApplyError::Database(e)),
     };
-    match reconcile::apply(&mut sp, &event, Some(job_id)).await {
-        Ok(applied) => match sp.commit().await {
-            Ok(()) => Outcome::Done(applied),
-            Err(e) => Outcome::Retry(ApplyError::Database(e)),
+    let item = [reconcile::Item {
+        job: Some(job),
+        value: event,
+    }];
+    match reconcile::apply_events(&mut sp, reconcile::Source::Webhook, &item).await {
+        Ok(mut outcomes) => match sp.commit().await {
+            Ok(()) => Fate::Applied(outcomes.pop().expect("one outcome")),
+            Err(e) => Fate::Retry(ApplyError::Database(e)),
         },
         Err(e) => {
             let _ = sp.rollback().await;
-            Outcome::Retry(e)
+            let refused = matches!(&e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("22")));
+            if refused {
+                Fate::Permanent(format!("Postgres refuses the event's content: {e}"))
+            } else {
+                Fate::Retry(ApplyError::Database(e))
+            }
         }
     }
 }
 
-enum Outcome {
-    Done(reconcile::Applied),
-    Skipped,
-    Permanent(String),
-    Retry(ApplyError),
+/// The batch's per-job bookkeeping, written in one statement.
+#[derive(Default)]
+struct Bookkeeping {
+    ids: Vec<i64>,
+    states: Vec<&'static str>,
+    errors: Vec<Option<String>>,
+    retry_ms: Vec<Option<i64>>,
+    waiting_for: Vec<Option<String>>,
 }
 
-/// Writes a failed attempt: the error joins the job's history; with `retry_in` the job is due
-/// again then, without it the job is dead.
-async fn record_failure(
-    tx: &mut sqlx::PgConnection,
-    id: i64,
-    attempt: i32,
-    error: &str,
-    retry_in: Option<Duration>,
-    waiting_for: Option<&HotelId>,
-) -> Result<(), sqlx::Error> {
-    let retry_ms = retry_in.map(|d| d.as_millis() as i64);
-    sqlx::query!(
-        r#"
-        update jobs set
-            attempts = $2::int,
-            state = case when $4::bigint is null then 'dead' else 'available' end,
-            run_at = case when $4::bigint is null then run_at
-                          else now() + make_interval(secs => $4::bigint / 1000.0) end,
-            last_error = $3,
-            waiting_for = $5,
-            errors = errors || jsonb_build_array(jsonb_build_object('attempt', $2::int, 'at', now(), 'error', $3::text)),
-            updated_at = now()
-        where id = $1
-        "#,
-        id,
-        attempt,
-        error,
-        retry_ms,
-        waiting_for.map(HotelId::as_str),
-    )
-    .execute(tx)
-    .await?;
-    Ok(())
+impl Bookkeeping {
+    fn push(
+        &mut self,
+        id: i64,
+        state: &'static str,
+        error: Option<String>,
+        retry_in: Option<Duration>,
+        waiting_for: Option<String>,
+    ) {
+        self.ids.push(id);
+        self.states.push(state);
+        self.errors.push(error);
+        self.retry_ms.push(retry_in.map(|d| d.as_millis() as i64));
+        self.waiting_for.push(waiting_for);
+    }
+
+    /// Counts the attempt of every job; `done`/`skipped` finish it, `dead` ends it with its error,
+    /// `available` schedules the retry (with the hotel it waits for); every error joins the job's
+    /// history.
+    async fn write(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query!(
+            r#"
+            update jobs j set
+                attempts = j.attempts + 1,
+                state = x.state,
+                done_at = case when x.state in ('done', 'skipped') then now() else j.done_at end,
+                run_at = case when x.state = 'available'
+                              then now() + make_interval(secs => x.retry_ms / 1000.0) else j.run_at end,
+                last_error = coalesce(x.error, j.last_error),
+                waiting_for = x.waiting_for,
+                errors = case when x.error is null then j.errors
+                              else j.errors || jsonb_build_array(jsonb_build_object(
+                                  'attempt', j.attempts + 1, 'at', now(), 'error', x.error)) end,
+                updated_at = now()
+            from unnest($1::int8[], $2::text[], $3::text[], $4::int8[], $5::text[])
+                 as x(id, state, error, retry_ms, waiting_for)
+            where j.id = x.id
+            "#,
+            &self.ids,
+            &self.states as &[&str],
+            &self.errors as &[Option<String>],
+            &self.retry_ms as &[Option<i64>],
+            &self.waiting_for as &[Option<String>],
+        )
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
 }
 
 /// The delay before retry number `attempt` (1-based): "full jitter", uniform in
@@ -446,19 +485,13 @@ async fn listen(pool: PgPool, wake: Arc<Notify>, cancel: CancellationToken) {
     }
 }
 
-/// Deletes `done` and `skipped` jobs, and changes of the feed, older than `retention`, in small
-/// batches, hourly.
+/// Deletes `done` and `skipped` jobs older than `retention`, in small batches, hourly.
 async fn prune_loop(pool: PgPool, retention: Duration, cancel: CancellationToken) {
     loop {
         match prune(&pool, retention).await {
             Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned old jobs"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "pruning old jobs failed"),
-        }
-        match crate::changes::prune(&pool, retention).await {
-            Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned old changes"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "pruning old changes failed"),
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
