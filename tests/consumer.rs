@@ -558,9 +558,7 @@ async fn a_membership_racing_its_hotels_delete_never_stays_live() {
         });
         let del = tokio::spawn(async move {
             let mut tx = p2.begin().await.unwrap();
-            orgsync::reconcile::delete_hotel(&mut tx, &hid, T0 + 5)
-                .await
-                .unwrap();
+            orgsync::reconcile::delete_hotel(&mut tx, &hid, T0 + 5).await.unwrap();
             tx.commit().await.unwrap();
         });
         add.await.unwrap();
