@@ -39,7 +39,7 @@ pub async fn upsert(
         newest as (
             select distinct on (id) input.* from input, mark
             where input.clerk_version >= mark.listed_at
-            order by id, clerk_version desc, n desc
+            order by id, clerk_version desc, n
         ),
         written as (
             insert into hotels (id, name, slug, image_url, public_metadata, created_at, updated_at,

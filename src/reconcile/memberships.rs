@@ -186,13 +186,13 @@ async fn write(
         -- (the earliest) wins over any live state, as the rule below does across batches.
         ranked as (
             select input.*, first_value(clerk_membership_id) over
-                (partition by hotel_id, user_id order by clerk_version desc, n desc) as current_id
+                (partition by hotel_id, user_id order by clerk_version desc, n) as current_id
             from input
         ),
         newest as (
             select distinct on (hotel_id, user_id) * from ranked
             where clerk_membership_id = current_id
-            order by hotel_id, user_id, deleted_at is null, deleted_at, clerk_version desc, n desc
+            order by hotel_id, user_id, deleted_at is null, deleted_at, clerk_version desc, n
         ),
         written as (
             insert into memberships (hotel_id, user_id, clerk_membership_id, role, created_at, updated_at,

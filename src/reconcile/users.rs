@@ -40,7 +40,7 @@ pub async fn upsert(
         newest as (
             select distinct on (id) input.* from input, mark
             where input.clerk_version >= mark.listed_at
-            order by id, clerk_version desc, n desc
+            order by id, clerk_version desc, n
         ),
         written as (
             insert into users (id, email, first_name, last_name, image_url, created_at, updated_at,
