@@ -327,6 +327,9 @@ async fn ingest(db_url: &str, phase: Duration) -> Ingest {
             std::env::var("ORGSYNC_INGEST_BATCHERS").unwrap_or_else(|_| "4".into()),
         )
         .env("DATABASE_URL", db_url)
+        // The bench migrates its own database's `public` schema (one search_path for all of
+        // its pools): the service runs there too.
+        .env("ORGSYNC_SCHEMA", "public")
         .env("CLERK_WEBHOOK_SECRET", SECRET)
         .env("ORGSYNC_RESYNC_INTERVAL", "off")
         .env("ORGSYNC_LOG_FORMAT", "json")
