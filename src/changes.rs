@@ -80,21 +80,18 @@ pub async fn last_id(pool: &PgPool) -> Result<i64, sqlx::Error> {
 /// Deletes changes older than `retention`, in small batches; returns how many.
 pub async fn prune(pool: &PgPool, retention: std::time::Duration) -> Result<u64, sqlx::Error> {
     let secs = retention.as_secs_f64();
-    let mut total = 0;
-    loop {
-        let n = sqlx::query!(
+    crate::db::delete_in_batches(|| async {
+        Ok(sqlx::query!(
             r#"
             delete from changes where id in (
-                select id from changes where at < now() - make_interval(secs => $1) limit 5000)
+                select id from changes where at < now() - make_interval(secs => $1) limit $2)
             "#,
-            secs
+            secs,
+            crate::db::PRUNE_BATCH,
         )
         .execute(pool)
         .await?
-        .rows_affected();
-        total += n;
-        if n < 5000 {
-            return Ok(total);
-        }
-    }
+        .rows_affected())
+    })
+    .await
 }

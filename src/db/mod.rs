@@ -209,6 +209,26 @@ pub async fn stored_webhook_secret(pool: &PgPool) -> Result<(String, bool), sqlx
     Ok((value, inserted))
 }
 
+/// Most rows one pruning statement deletes: short statements keep locks and WAL bursts small.
+pub const PRUNE_BATCH: i64 = 5000;
+
+/// Runs `delete` (a statement deleting at most [`PRUNE_BATCH`] rows and returning how many)
+/// until it deletes fewer; returns the total.
+pub async fn delete_in_batches<F, Fut>(mut delete: F) -> Result<u64, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, sqlx::Error>>,
+{
+    let mut total = 0;
+    loop {
+        let n = delete().await?;
+        total += n;
+        if n < PRUNE_BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tls_tests {
     use super::*;

@@ -503,23 +503,20 @@ async fn prune_loop(pool: PgPool, retention: Duration, cancel: CancellationToken
 /// Deletes `done`/`skipped` jobs finished more than `retention` ago; returns how many.
 pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
     let secs = retention.as_secs_f64();
-    let mut total = 0;
-    loop {
-        let n = sqlx::query!(
+    crate::db::delete_in_batches(|| async {
+        Ok(sqlx::query!(
             r#"
             delete from jobs where id in (
                 select id from jobs
                 where state in ('done', 'skipped') and done_at < now() - make_interval(secs => $1)
-                limit 5000)
+                limit $2)
             "#,
-            secs
+            secs,
+            crate::db::PRUNE_BATCH,
         )
         .execute(pool)
         .await?
-        .rows_affected();
-        total += n;
-        if n < 5000 {
-            return Ok(total);
-        }
-    }
+        .rows_affected())
+    })
+    .await
 }
