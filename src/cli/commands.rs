@@ -5,10 +5,10 @@ use std::io::Write;
 
 use anyhow::Context;
 
-use super::{DatabaseArgs, JobFilterArgs, ReplayArgs, SendArgs, StatusArgs};
+use super::{AccessArgs, DatabaseArgs, JobFilterArgs, ReplayArgs, SendArgs, StatusArgs};
 use crate::ops::{
-    connect, gather_status, jobs, list_jobs, replay, run_replay, send, send_event, show_job, status, Progress,
-    Selection, DEFAULT_LIST_LIMIT,
+    access, check_access, connect, gather_status, jobs, list_jobs, replay, run_replay, send, send_event, show_job,
+    status, Progress, Selection, DEFAULT_LIST_LIMIT,
 };
 
 /// `orgsync status`. Never Err: every failure is an exit code ([`EXIT_UNREACHABLE`] when the
@@ -132,4 +132,30 @@ pub async fn send(args: SendArgs) -> anyhow::Result<i32> {
     let mut out = std::io::stdout().lock();
     send::write_outcome(&mut out, &outcome)?;
     Ok(if outcome.status.is_success() { 0 } else { 1 })
+}
+
+/// `orgsync access`. Never Err: the answer is the exit code ([`access::Access::exit_code`]), and
+/// a database that cannot be read is [`crate::ops::EXIT_UNREACHABLE`] with the reason on stderr.
+pub async fn access(args: AccessArgs) -> anyhow::Result<i32> {
+    let checked = match connect(&args.database.database_url, &args.database.schema) {
+        Ok(pool) => check_access(&pool, &args.user_id, &args.hotel_id, args.permission.as_deref())
+            .await
+            .map_err(anyhow::Error::new),
+        Err(e) => Err(e),
+    };
+    let answer = match checked {
+        Ok(answer) => answer,
+        Err(e) => {
+            eprintln!("cannot read the database: {e:#}");
+            return Ok(crate::ops::EXIT_UNREACHABLE);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &answer)?;
+        writeln!(out)?;
+    } else {
+        access::write_access(&mut out, &answer)?;
+    }
+    Ok(answer.exit_code())
 }

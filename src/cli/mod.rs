@@ -53,6 +53,10 @@ pub enum Command {
     /// Print the change feed in id order (created/updated/deleted hotels, users, memberships);
     /// with --follow, keep printing changes as they commit until interrupted.
     Changes(ChangesArgs),
+    /// What a user may do in a hotel, and why: the membership, its role, the permissions it
+    /// grants and where they come from. With a permission: exit 0 when held, 1 when not; 2 when
+    /// the database cannot be read.
+    Access(AccessArgs),
     /// Exit 0 when a running orgsync answers /healthz (for container health checks).
     Healthcheck {
         /// The health endpoint to probe.
@@ -243,6 +247,20 @@ pub struct ChangesArgs {
     /// How often --follow looks for changes when no notification arrives.
     #[arg(long, env = "ORGSYNC_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AccessArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The Clerk user id (user_...).
+    pub user_id: String,
+    /// The hotel id, i.e. the Clerk organization id (org_...).
+    pub hotel_id: String,
+    /// A permission key to check, e.g. org:bookings:read.
+    pub permission: Option<String>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parses RFC 3339, or a duration (`2h`, `30m`) meaning that long ago.
@@ -496,6 +514,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let pool = crate::ops::connect(&args.database.database_url, &args.database.schema)?;
             crate::ops::changes::command(pool, query).await
         }
+        Command::Access(args) => commands::access(args).await,
         Command::Healthcheck { url } => {
             let ok = reqwest::Client::new()
                 .get(&url)

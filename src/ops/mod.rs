@@ -1,4 +1,5 @@
-//! Operator commands: `status`, `jobs list`, `jobs show`, `replay`, `send` and `changes`.
+//! Operator commands: `status`, `jobs list`, `jobs show`, `replay`, `send`, `changes` and
+//! `access`.
 //!
 //! Each command is a library function that takes a [`PgPool`] (or an HTTP client) and writes
 //! to a [`std::io::Write`] or returns a struct, so tests drive it against a real database in a
@@ -8,6 +9,7 @@
 //! Output conventions: results go to stdout (JSON with `--json`), progress and notes to stderr,
 //! so `orgsync ... --json | jq` always sees clean JSON.
 
+pub mod access;
 pub mod changes;
 pub mod jobs;
 pub mod progress;
@@ -20,6 +22,7 @@ use sqlx::PgPool;
 
 use crate::db::{PoolSettings, Schema};
 
+pub use access::{check_access, Access};
 pub use jobs::{list_jobs, show_job, JobDetail, JobFilter, JobSummary, Selection};
 pub use progress::Progress;
 pub use replay::{replay_jobs, run_replay, ReplayReport};
