@@ -227,7 +227,7 @@ async fn a_role_tombstone_is_final_and_empties_its_set() {
     )
     .await;
     run(pool, &[("d", role_deleted(R1, T0 + 100))]).await;
-    assert_eq!(role_row(pool, R1).await.unwrap().2, true);
+    assert!(role_row(pool, R1).await.unwrap().2);
     assert!(role_set(pool, R1).await.is_empty());
     run(
         pool,
@@ -237,9 +237,8 @@ async fn a_role_tombstone_is_final_and_empties_its_set() {
         )],
     )
     .await;
-    assert_eq!(
+    assert!(
         role_row(pool, R1).await.unwrap().2,
-        true,
         "a newer version does not revive it"
     );
     assert!(role_set(pool, R1).await.is_empty());
