@@ -226,3 +226,79 @@ async fn the_change_feed_reports_roles_permissions_and_invitations() {
     .collect();
     assert_eq!(seen, expected);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fixtures_sent_in_sequence_build_a_coherent_picture() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let story = [
+        "organization.created",
+        "user.created",
+        "organizationMembership.created",
+        "permission.created",
+        "role.created",
+        "permission.updated",
+        "role.updated",
+        "organizationInvitation.created",
+        "organizationInvitation.accepted",
+        "organizationInvitation.revoked",
+    ];
+    for name in story {
+        run(pool, name, fixture_json(name)).await;
+    }
+    let sets: Vec<(String, String, String)> = sqlx::query_as(
+        "select r.key, p.key, p.name from role_permissions rp join roles r on r.id = rp.role_id
+         join permissions p on p.id = rp.permission_id order by 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        sets,
+        vec![
+            (
+                "org:front_desk".into(),
+                "org:bookings:manage".into(),
+                "Manage bookings".into()
+            ),
+            (
+                "org:front_desk".into(),
+                "org:bookings:read".into(),
+                "Read bookings and guests".into()
+            ),
+        ]
+    );
+    let invitations: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("select email_address, status, user_id from invitations order by 1")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        invitations,
+        vec![
+            ("giulia.verdi@example.com".into(), "revoked".into(), None),
+            (
+                "luca.bianchi@example.com".into(),
+                "accepted".into(),
+                Some("user_2staffLuca0000000000000001".into())
+            ),
+        ]
+    );
+    // Maria is an admin, a role orgsync has no row for: her membership's own permissions count.
+    let maria: Vec<String> = sqlx::query_scalar("select permission from member_permissions order by 1")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(maria.len(), 4, "{maria:?}");
+    for name in ["permission.deleted", "role.deleted", "organization.deleted"] {
+        run(pool, name, fixture_json(name)).await;
+    }
+    let left: (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from role_permissions), (select count(*) from invitations),
+                (select count(*) from roles where deleted_at is null)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(left, (0, 0, 0));
+}
