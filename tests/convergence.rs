@@ -399,7 +399,7 @@ fn the_generator_makes_rich_histories() {
     let mut kinds = BTreeSet::new();
     let mut reinvited = false;
     let mut key_taken_over = false;
-    for _ in 0..30 {
+    for _ in 0..60 {
         let h = history(&ops.new_tree(&mut runner).unwrap().current(), &[700, 1500]);
         let mut pairs = BTreeMap::new();
         for e in &h {

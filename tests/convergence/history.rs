@@ -63,7 +63,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         3 => (u, any::<bool>()).prop_map(|(u, l)| Op::FlipStatus(u, l)),
         3 => (0..PERMS).prop_map(Op::CreatePerm),
         2 => (0..PERMS).prop_map(Op::UpdatePerm),
-        1 => (0..PERMS).prop_map(Op::DeletePerm),
+        2 => (0..PERMS).prop_map(Op::DeletePerm),
         4 => (0..ROLES, any::<u8>()).prop_map(|(r, m)| Op::CreateRole(r, m)),
         3 => (0..ROLES, any::<u8>()).prop_map(|(r, m)| Op::EditRole(r, m)),
         2 => (0..ROLES).prop_map(Op::DeleteRole),
@@ -156,9 +156,13 @@ pub fn history(ops: &[Op], steps: &[u16]) -> Vec<Value> {
     let mut events = Vec::new();
     // Most hotels and users exist from the start, so memberships have something to join; the
     // last of each is created (or not) by the random operations.
+    // Likewise most permissions, and roles holding them, so that role edits, permission
+    // deletions and members' role changes have something to act on.
     let setup = (0..ORGS - 1)
         .map(Op::CreateOrg)
-        .chain((0..USERS - 1).map(Op::CreateUser));
+        .chain((0..USERS - 1).map(Op::CreateUser))
+        .chain((0..PERMS - 1).map(Op::CreatePerm))
+        .chain((0..ROLES - 1).map(|r| Op::CreateRole(r, 0b1011 >> r)));
     let ops: Vec<Op> = setup.chain(ops.iter().cloned()).collect();
     for (i, op) in ops.iter().enumerate() {
         t += 1 + i64::from(steps[i % steps.len()]);
