@@ -27,15 +27,17 @@ pub const ENTITIES: &[&str] = &["hotel", "user", "membership"];
 pub struct Change {
     pub id: i64,
     pub at: DateTime<Utc>,
-    /// `hotel`, `user` or `membership`.
+    /// `hotel`, `user`, `membership`, `role`, `permission` or `invitation`.
     pub entity: String,
-    /// The hotel id, the user id, or the Clerk membership id.
+    /// The hotel id, the user id, the Clerk membership id, or the role, permission or
+    /// invitation id.
     pub entity_id: String,
-    /// The hotel of a hotel or membership change.
+    /// The hotel of a hotel, membership or invitation change.
     pub hotel_id: Option<String>,
-    /// The user of a user or membership change.
+    /// The user of a user or membership change, or the user who accepted an invitation.
     pub user_id: Option<String>,
-    /// `created`, `updated` or `deleted`.
+    /// `created`, `updated` or `deleted` (an invitation is never `deleted`: its end is a status,
+    /// or its hotel's deletion).
     pub op: String,
     pub clerk_version: i64,
     /// `webhook`, `resync` or `self_heal` (null for a writer that named none).

@@ -105,10 +105,17 @@ fn every_fixture_is_a_clerk_envelope_of_a_handled_event() {
                 ClerkEvent::OrganizationDeleted { .. }
                     | ClerkEvent::UserDeleted { .. }
                     | ClerkEvent::MembershipDeleted { .. }
+                    | ClerkEvent::RoleDeleted { .. }
+                    | ClerkEvent::PermissionDeleted { .. }
             ),
             _ => matches!(
                 event,
-                ClerkEvent::OrganizationUpserted(_) | ClerkEvent::UserUpserted(_) | ClerkEvent::MembershipUpserted(_)
+                ClerkEvent::OrganizationUpserted(_)
+                    | ClerkEvent::UserUpserted(_)
+                    | ClerkEvent::MembershipUpserted(_)
+                    | ClerkEvent::RoleUpserted(_)
+                    | ClerkEvent::PermissionUpserted(_)
+                    | ClerkEvent::InvitationWritten { .. }
             ),
         };
         assert!(expected, "{name} parsed as {event:?}");

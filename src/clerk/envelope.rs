@@ -33,8 +33,9 @@ pub struct Envelope {
     pub event_type: String,
     /// Event time in milliseconds, when the envelope carries a `timestamp`.
     pub timestamp: Option<Millis>,
-    /// The hotel (`data.organization.id`, for membership events) or else the user or hotel
-    /// (`data.id`) the event is about, when that is a string of 1-128 characters without
+    /// The hotel (`data.organization.id` for membership events, `data.organization_id` for
+    /// invitations) or else the object (`data.id`: hotel, user, role, permission) the event is
+    /// about, when that is a string of 1-128 characters without
     /// control characters. Workers never hold two jobs of one entity key at once.
     pub entity_key: Option<String>,
 }
@@ -80,6 +81,7 @@ impl Envelope {
             .and_then(|org| serde_json::from_str::<EntityRefs<'_>>(org.get()).ok())
             .and_then(|org| org.id)
             .and_then(entity_key)
+            .or_else(|| data.organization_id.and_then(entity_key))
             .or_else(|| data.id.and_then(entity_key));
         Ok(Self {
             event_type: event_type.into_owned(),
@@ -245,11 +247,12 @@ impl<'de> Deserialize<'de> for RawEnvelope<'de> {
     }
 }
 
-/// The parts of `data` (or of `data.organization`) that name the entity: `id` and
-/// `organization`, kept raw. Must be an object; other keys are skipped undecoded.
+/// The parts of `data` (or of `data.organization`) that name the entity: `id`, `organization`
+/// and `organization_id`, kept raw. Must be an object; other keys are skipped undecoded.
 struct EntityRefs<'a> {
     id: Option<&'a RawValue>,
     organization: Option<&'a RawValue>,
+    organization_id: Option<&'a RawValue>,
 }
 
 impl<'de> Deserialize<'de> for EntityRefs<'de> {
@@ -264,12 +267,14 @@ impl<'de> Deserialize<'de> for EntityRefs<'de> {
                 let mut refs = EntityRefs {
                     id: None,
                     organization: None,
+                    organization_id: None,
                 };
                 // A repeated key inside `data` is the consumer's concern: the last one wins here.
                 while let Some(key) = map.next_key::<Key<'de>>()? {
                     match key.bytes() {
                         b"id" => refs.id = Some(map.next_value()?),
                         b"organization" => refs.organization = Some(map.next_value()?),
+                        b"organization_id" => refs.organization_id = Some(map.next_value()?),
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -331,6 +336,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.entity_key.as_deref(), Some("org_9"));
+        let i = Envelope::parse(
+            br#"{"type":"organizationInvitation.created","object":"event",
+                 "data":{"id":"orginv_1","organization_id":"org_7"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            i.entity_key.as_deref(),
+            Some("org_7"),
+            "invitations are keyed by their hotel"
+        );
+        let r = Envelope::parse(br#"{"type":"role.created","object":"event","data":{"id":"role_1"}}"#).unwrap();
+        assert_eq!(r.entity_key.as_deref(), Some("role_1"));
         let u = Envelope::parse(br#"{"type":"user.created","object":"event","data":{"id":"user_1"}}"#).unwrap();
         assert_eq!(u.entity_key.as_deref(), Some("user_1"));
         for no_key in [

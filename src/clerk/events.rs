@@ -7,8 +7,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::ids::{HotelId, UserId};
-use super::row_text::{metadata, optional_text, text};
+use super::ids::{HotelId, InvitationId, PermissionId, RoleId, UserId};
+use super::row_text::{metadata, optional_text, text, text_list};
 
 /// Milliseconds since the Unix epoch: the unit Clerk uses for `created_at`/`updated_at`, and
 /// the unit of every row's `clerk_version`.
@@ -65,6 +65,17 @@ pub struct User {
     pub primary_email_address_id: Option<String>,
     #[serde(default)]
     pub email_addresses: Vec<EmailAddress>,
+    /// Banned or locked users hold no permissions (see the `member_permissions` view).
+    #[serde(default, deserialize_with = "flag")]
+    pub banned: bool,
+    #[serde(default, deserialize_with = "flag")]
+    pub locked: bool,
+    #[serde(default, deserialize_with = "optional_text")]
+    pub username: Option<String>,
+    #[serde(default, deserialize_with = "optional_text")]
+    pub external_id: Option<String>,
+    #[serde(default = "empty_object", deserialize_with = "metadata")]
+    pub public_metadata: Value,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -108,10 +119,77 @@ pub struct Membership {
     pub id: String,
     #[serde(deserialize_with = "role_key")]
     pub role: String,
+    #[serde(default, deserialize_with = "optional_text")]
+    pub role_name: Option<String>,
+    /// The permission keys Clerk lists on the membership: what the member holds when the role
+    /// itself is not (yet) mirrored.
+    #[serde(default, deserialize_with = "text_list")]
+    pub permissions: Vec<String>,
     pub organization: OrganizationRef,
     pub public_user_data: PublicUserData,
     pub created_at: Millis,
     pub updated_at: Millis,
+}
+
+/// A Clerk organization permission (webhook `data`, or embedded in a role).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Permission {
+    pub id: PermissionId,
+    #[serde(deserialize_with = "non_empty_text")]
+    pub key: String,
+    #[serde(deserialize_with = "text")]
+    pub name: String,
+    #[serde(default, deserialize_with = "optional_text")]
+    pub description: Option<String>,
+    /// `system`, `custom`, ... as Clerk sends it.
+    #[serde(default, rename = "type", deserialize_with = "optional_text")]
+    pub kind: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// A Clerk organization role with its full permission set (webhook `data`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Role {
+    pub id: RoleId,
+    /// Normalised like a membership's role (see [`normalize_role`]).
+    #[serde(deserialize_with = "role_key")]
+    pub key: String,
+    #[serde(deserialize_with = "text")]
+    pub name: String,
+    #[serde(default, deserialize_with = "optional_text")]
+    pub description: Option<String>,
+    #[serde(default, deserialize_with = "permission_list")]
+    pub permissions: Vec<Permission>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// A Clerk organization invitation (webhook `data`). Its `url` is never decoded: it carries the
+/// acceptance token.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Invitation {
+    pub id: InvitationId,
+    pub organization_id: HotelId,
+    #[serde(deserialize_with = "text")]
+    pub email_address: String,
+    #[serde(deserialize_with = "role_key")]
+    pub role: String,
+    #[serde(default, deserialize_with = "optional_text")]
+    pub role_name: Option<String>,
+    /// `pending`, `accepted`, `revoked`, ... as Clerk sends it.
+    #[serde(deserialize_with = "non_empty_text")]
+    pub status: String,
+    /// The user who accepted it, when Clerk says.
+    #[serde(default)]
+    pub user_id: Option<UserId>,
+    #[serde(default)]
+    pub expires_at: Option<Millis>,
+    /// Absent from some events (`organizationInvitation.revoked`).
+    #[serde(default)]
+    pub created_at: Option<Millis>,
+    #[serde(default)]
+    pub updated_at: Option<Millis>,
 }
 
 /// `{ "object", "id", "deleted": true }`: what `organization.deleted` and `user.deleted` carry.
@@ -124,11 +202,36 @@ struct DeletedObject<Id> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClerkEvent {
     OrganizationUpserted(Organization),
-    OrganizationDeleted { id: HotelId, at: Millis },
+    OrganizationDeleted {
+        id: HotelId,
+        at: Millis,
+    },
     UserUpserted(User),
-    UserDeleted { id: UserId, at: Millis },
+    UserDeleted {
+        id: UserId,
+        at: Millis,
+    },
     MembershipUpserted(Membership),
-    MembershipDeleted { membership: Membership, at: Millis },
+    MembershipDeleted {
+        membership: Membership,
+        at: Millis,
+    },
+    RoleUpserted(Role),
+    RoleDeleted {
+        id: RoleId,
+        at: Millis,
+    },
+    PermissionUpserted(Permission),
+    PermissionDeleted {
+        id: PermissionId,
+        at: Millis,
+    },
+    /// An invitation created, accepted or revoked; `version` is its `updated_at`, or the event
+    /// time when the payload has none (a revocation).
+    InvitationWritten {
+        invitation: Invitation,
+        version: Millis,
+    },
 }
 
 /// Why a stored payload is not the event its type claims: a permanent error (retrying the same
@@ -142,7 +245,7 @@ pub enum EventParseError {
 }
 
 /// The event types orgsync reconciles; every other type is acknowledged and stored as skipped.
-pub const HANDLED_TYPES: [&str; 9] = [
+pub const HANDLED_TYPES: [&str; 18] = [
     "organization.created",
     "organization.updated",
     "organization.deleted",
@@ -152,6 +255,15 @@ pub const HANDLED_TYPES: [&str; 9] = [
     "user.created",
     "user.updated",
     "user.deleted",
+    "role.created",
+    "role.updated",
+    "role.deleted",
+    "permission.created",
+    "permission.updated",
+    "permission.deleted",
+    "organizationInvitation.created",
+    "organizationInvitation.accepted",
+    "organizationInvitation.revoked",
 ];
 
 pub fn is_handled(event_type: &str) -> bool {
@@ -237,6 +349,30 @@ impl ClerkEvent {
                 let at = t.unwrap_or(membership.updated_at).max(membership.updated_at);
                 Self::MembershipDeleted { membership, at }
             }
+            "role.created" | "role.updated" => Self::RoleUpserted(data(event_type, payload)?.0),
+            "role.deleted" => {
+                let (d, t): (DeletedObject<RoleId>, _) = data(event_type, payload)?;
+                Self::RoleDeleted {
+                    id: d.id,
+                    at: need_time(t)?,
+                }
+            }
+            "permission.created" | "permission.updated" => Self::PermissionUpserted(data(event_type, payload)?.0),
+            "permission.deleted" => {
+                let (d, t): (DeletedObject<PermissionId>, _) = data(event_type, payload)?;
+                Self::PermissionDeleted {
+                    id: d.id,
+                    at: need_time(t)?,
+                }
+            }
+            "organizationInvitation.created" | "organizationInvitation.accepted" | "organizationInvitation.revoked" => {
+                let (invitation, t): (Invitation, _) = data(event_type, payload)?;
+                let version = match invitation.updated_at {
+                    Some(v) => v,
+                    None => need_time(t)?,
+                };
+                Self::InvitationWritten { invitation, version }
+            }
             _ => return Ok(None),
         };
         Ok(Some(event))
@@ -258,11 +394,30 @@ pub fn normalize_role(role: &str) -> String {
 }
 
 fn role_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(normalize_role(&non_empty_text(d)?))
+}
+
+/// Longest key or status orgsync stores (Clerk's are far shorter).
+const MAX_KEY: usize = 256;
+
+/// A required text field that identifies something (a key, a status): cleaned like [`text`],
+/// then 1-256 characters.
+fn non_empty_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let raw = text(d)?;
-    if raw.is_empty() {
-        return Err(serde::de::Error::custom("role must not be empty"));
+    if raw.is_empty() || raw.chars().count() > MAX_KEY {
+        return Err(serde::de::Error::custom("key must hold 1-256 characters"));
     }
-    Ok(normalize_role(&raw))
+    Ok(raw)
+}
+
+/// A boolean; `null` is false.
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
+}
+
+/// A role's embedded permissions; `null` is none.
+fn permission_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Permission>, D::Error> {
+    Ok(Option::<Vec<Permission>>::deserialize(d)?.unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -298,6 +453,42 @@ mod tests {
         let payload = json!({"object": "event", "type": "session.created", "data": {}});
         assert!(ClerkEvent::parse("session.created", &payload).unwrap().is_none());
         assert!(!is_handled("session.created"));
+    }
+
+    #[test]
+    fn a_revoked_invitation_without_updated_at_is_versioned_by_the_event_time() {
+        let payload = json!({"object": "event", "type": "organizationInvitation.revoked", "timestamp": 1_716_883_200,
+            "data": {"object": "organization_invitation", "id": "orginv_1", "email_address": "a@x.test",
+                     "role": "basic_member", "organization_id": "org_1", "status": "revoked",
+                     "url": "https://x.test/accept?token=secret", "expires_at": 1}});
+        let Some(ClerkEvent::InvitationWritten { invitation, version }) =
+            ClerkEvent::parse("organizationInvitation.revoked", &payload).unwrap()
+        else {
+            panic!("not an invitation");
+        };
+        assert_eq!(version, 1_716_883_200_000);
+        assert_eq!(invitation.role, "org:member");
+        assert_eq!(invitation.created_at, None);
+        let mut untimed = payload.clone();
+        untimed.as_object_mut().unwrap().remove("timestamp");
+        assert!(matches!(
+            ClerkEvent::parse("organizationInvitation.revoked", &untimed),
+            Err(EventParseError::MissingTimestamp(_))
+        ));
+    }
+
+    #[test]
+    fn role_ids_and_keys_are_validated() {
+        let role = |id: &str, key: &str| {
+            json!({"object": "event", "type": "role.created",
+                   "data": {"id": id, "key": key, "name": "n", "created_at": 1, "updated_at": 2,
+                            "permissions": [{"id": "perm_1", "key": "org:x:read", "name": "X", "type": "custom",
+                                             "created_at": 1, "updated_at": 1}]}})
+        };
+        assert!(ClerkEvent::parse("role.created", &role("role_1", "admin")).is_ok());
+        assert!(ClerkEvent::parse("role.created", &role("perm_1", "org:a")).is_err());
+        assert!(ClerkEvent::parse("role.created", &role("role_1", "")).is_err());
+        assert!(ClerkEvent::parse("role.created", &role("role_1", &"k".repeat(300))).is_err());
     }
 
     #[test]

@@ -69,6 +69,19 @@ clerk_id!(
     UserId, "user", "user_"
 );
 
+clerk_id!(
+    /// A Clerk organization role id (`role_...`).
+    RoleId, "role", "role_"
+);
+clerk_id!(
+    /// A Clerk organization permission id (`perm_...`).
+    PermissionId, "permission", "perm_"
+);
+clerk_id!(
+    /// A Clerk organization invitation id (`orginv_...`).
+    InvitationId, "invitation", "orginv_"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,5 +8,5 @@ pub mod row_text;
 pub mod signature;
 
 pub use envelope::{Envelope, EnvelopeError};
-pub use events::{ClerkEvent, EventParseError, Membership, Organization, User};
-pub use ids::{HotelId, IdError, UserId};
+pub use events::{ClerkEvent, EventParseError, Invitation, Membership, Organization, Permission, Role, User};
+pub use ids::{HotelId, IdError, InvitationId, PermissionId, RoleId, UserId};

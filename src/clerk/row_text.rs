@@ -90,6 +90,16 @@ pub fn optional_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, 
     Ok(Option::<RowText>::deserialize(d)?.map(|t| t.0))
 }
 
+/// `deserialize_with` for a list of text values (`null` or absent is empty), each cleaned like
+/// [`text`].
+pub fn text_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<RowText>>::deserialize(d)?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.0)
+        .collect())
+}
+
 /// `deserialize_with` for `public_metadata`: an object (`null` or absent is `{}`), with NUL
 /// removed from every string and key.
 pub fn metadata<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {

@@ -12,7 +12,7 @@ use crate::clerk::signature::WebhookVerifier;
 use crate::clerk::Envelope;
 
 /// The fixtures of `fixtures/webhooks/`, compiled in so `send` works from any directory.
-const BUILTIN: [(&str, &str); 9] = [
+const BUILTIN: [(&str, &str); 18] = [
     (
         "organization.created",
         include_str!("../../fixtures/webhooks/organization.created.json"),
@@ -48,6 +48,42 @@ const BUILTIN: [(&str, &str); 9] = [
     (
         "user.deleted",
         include_str!("../../fixtures/webhooks/user.deleted.json"),
+    ),
+    (
+        "role.created",
+        include_str!("../../fixtures/webhooks/role.created.json"),
+    ),
+    (
+        "role.updated",
+        include_str!("../../fixtures/webhooks/role.updated.json"),
+    ),
+    (
+        "role.deleted",
+        include_str!("../../fixtures/webhooks/role.deleted.json"),
+    ),
+    (
+        "permission.created",
+        include_str!("../../fixtures/webhooks/permission.created.json"),
+    ),
+    (
+        "permission.updated",
+        include_str!("../../fixtures/webhooks/permission.updated.json"),
+    ),
+    (
+        "permission.deleted",
+        include_str!("../../fixtures/webhooks/permission.deleted.json"),
+    ),
+    (
+        "organizationInvitation.created",
+        include_str!("../../fixtures/webhooks/organizationInvitation.created.json"),
+    ),
+    (
+        "organizationInvitation.accepted",
+        include_str!("../../fixtures/webhooks/organizationInvitation.accepted.json"),
+    ),
+    (
+        "organizationInvitation.revoked",
+        include_str!("../../fixtures/webhooks/organizationInvitation.revoked.json"),
     ),
 ];
 

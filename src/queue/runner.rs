@@ -303,6 +303,7 @@ async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, isolated: bool
         let fate = match fate.expect("every job has a fate") {
             Fate::Applied(reconcile::Outcome::WaitingForHotel(h)) => Fate::Retry(ApplyError::MissingHotel(h)),
             Fate::Applied(reconcile::Outcome::UserBusy(u)) => Fate::Retry(ApplyError::UserBusy(u)),
+            Fate::Applied(reconcile::Outcome::RoleKeyTaken(k)) => Fate::Retry(ApplyError::RoleKeyTaken(k)),
             other => other,
         };
         let outcome = match fate {

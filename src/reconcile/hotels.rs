@@ -1,5 +1,6 @@
 //! Hotels (Clerk organizations): newer wins, a tombstone is final, a delete ends the hotel's
-//! memberships, and writing a hotel wakes the membership jobs waiting for it.
+//! memberships (and removes its invitations), and writing a hotel wakes the membership and
+//! invitation jobs waiting for it.
 
 use sqlx::PgConnection;
 
@@ -87,6 +88,20 @@ pub async fn upsert(
     Ok(rows.iter().map(|r| Outcome::from_code(&r.outcome)).collect())
 }
 
+/// Locks the existing hotels among `ids` `FOR KEY SHARE`, in id order: what writers of a
+/// hotel's children (memberships, invitations) hold, so a concurrent delete waits for them.
+pub(super) async fn lock_for_children(conn: &mut PgConnection, mut ids: Vec<&str>) -> Result<(), sqlx::Error> {
+    ids.sort_unstable();
+    ids.dedup();
+    sqlx::query!(
+        "select id from hotels where id = any($1) order by id for key share",
+        &ids as &[&str]
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(())
+}
+
 /// What a batch of deletes did.
 #[derive(Debug, Default)]
 pub struct Deleted {
@@ -98,7 +113,8 @@ pub struct Deleted {
     pub memberships_ended: u64,
 }
 
-/// Tombstones hotels and ends their live memberships (dated and versioned by each deletion).
+/// Tombstones hotels, ends their live memberships (dated and versioned by each deletion) and
+/// removes their invitations.
 /// [`DeleteKind::Reported`] tombstones whatever the row's version and inserts a tombstone for a
 /// hotel never seen; [`DeleteKind::Inferred`] only live rows not written after `at`. Deletions
 /// wake the jobs waiting for the hotel (they finish as obsolete).
@@ -173,6 +189,10 @@ pub async fn delete(
         .execute(&mut *conn)
         .await?
         .rows_affected();
+        // Invitations end with their hotel (no tombstone: any later news of them is obsolete).
+        sqlx::query!("delete from invitations where hotel_id = any($1)", &gone_ids)
+            .execute(&mut *conn)
+            .await?;
         // Memberships waiting for these hotels are obsolete now: let them finish promptly.
         wake_jobs_waiting_for(conn, &gone_ids).await?;
     }

@@ -153,6 +153,14 @@ async fn write(
     let users = pick(&|i| i.value.membership.public_user_data.user_id.as_str().to_owned());
     let ids = pick(&|i| i.value.membership.id.clone());
     let roles = pick(&|i| i.value.membership.role.clone());
+    let role_names: Vec<Option<&str>> = todo
+        .iter()
+        .map(|&i| items[i].value.membership.role_name.as_deref())
+        .collect();
+    let permissions: Vec<serde_json::Value> = todo
+        .iter()
+        .map(|&i| serde_json::json!(items[i].value.membership.permissions))
+        .collect();
     let created: Vec<_> = todo
         .iter()
         .map(|&i| to_time(items[i].value.membership.created_at))
@@ -178,9 +186,10 @@ async fn write(
         r#"
         with input as (
             select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                                 $6::timestamptz[], $7::timestamptz[], $8::int8[], $9::int8[], $10::int8[])
+                                 $6::timestamptz[], $7::timestamptz[], $8::int8[], $9::int8[], $10::int8[],
+                                 $11::text[], $12::jsonb[])
                 as x(hotel_id, user_id, clerk_membership_id, role, created_at, updated_at, deleted_at,
-                     clerk_version, last_job_id, n)
+                     clerk_version, last_job_id, n, role_name, permission_list)
         ),
         -- Per key, the newest Clerk membership is the one that counts; of its items, its removal
         -- (the earliest) wins over any live state, as the rule below does across batches.
@@ -196,13 +205,16 @@ async fn write(
         ),
         written as (
             insert into memberships (hotel_id, user_id, clerk_membership_id, role, created_at, updated_at,
-                                     deleted_at, clerk_version, last_job_id)
+                                     deleted_at, clerk_version, last_job_id, role_name, permissions)
             select hotel_id, user_id, clerk_membership_id, role, created_at, updated_at, deleted_at,
-                   clerk_version, last_job_id
+                   clerk_version, last_job_id, role_name,
+                   array(select jsonb_array_elements_text(permission_list))
             from newest order by hotel_id, user_id
             on conflict (hotel_id, user_id) do update set
                 clerk_membership_id = excluded.clerk_membership_id,
                 role = excluded.role,
+                role_name = excluded.role_name,
+                permissions = excluded.permissions,
                 created_at = excluded.created_at,
                 updated_at = excluded.updated_at,
                 -- The earliest known removal of the same membership is its removal time.
@@ -237,6 +249,8 @@ async fn write(
         &versions,
         &jobs as &[Option<i64>],
         &order,
+        &role_names as &[Option<&str>],
+        &permissions,
     )
     .fetch_all(conn)
     .await?;

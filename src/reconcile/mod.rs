@@ -1,7 +1,8 @@
 //! The rule book: the one place that decides what Clerk objects and events do to the rows. The
 //! consumer (a claimed batch of events), the resync (listed pages) and the self-heal (one hotel)
 //! all write through these functions, and no other module inserts, updates or tombstones
-//! `hotels`, `users` or `memberships`. The guarantees, one file per kind:
+//! `hotels`, `users`, `memberships`, `roles`, `permissions`, `role_permissions` or
+//! `invitations`. The guarantees, one file per kind:
 //!
 //! - **Newer wins** ([`hotels`], [`users`], [`memberships`]). Every row keeps `clerk_version`
 //!   (the object's `updated_at`, or the event time for a delete); a write with an older or equal
@@ -13,6 +14,12 @@
 //! - **Parents first.** A membership needs its hotel row: missing → [`Outcome::WaitingForHotel`]
 //!   (retry; applying the hotel wakes the job); deleted → [`Outcome::Obsolete`]. A user with no
 //!   row gets a stub from `public_user_data` (version 0, outranked by any `user.*` data).
+//! - **Roles and permissions** ([`roles`], [`permissions`]): newer wins, tombstones final; a role's
+//!   permission set is replaced as a whole when a newer version of the role wins; a permission
+//!   embedded in a role payload is written like its own event; a deleted permission drops out of
+//!   every set; a role whose key another live role holds waits ([`Outcome::RoleKeyTaken`]).
+//! - **Invitations** ([`invitations`]) wait for their hotel like memberships, are obsolete once
+//!   it is deleted (and removed with it), and a settled status is never set back to `pending`.
 //! - **A snapshot outranks what is older** ([`snapshot`]). After a resync (or a self-heal of one
 //!   hotel) that listed at T, an event older than T about what that listing covered is obsolete.
 //!
@@ -26,9 +33,15 @@
 //! table), and deletes take `FOR UPDATE` on what they tombstone (the one lock that conflicts with
 //! `KEY SHARE`), so a concurrent delete cannot slip its cascade past a membership being written.
 //! [`apply_events`] takes a batch's user locks in one ordered pass before it writes anything.
+//! Across kinds, locks are taken in one global order: users (for deletes), hotels, users,
+//! role keys (advisory), permissions, roles, role permission sets; every writer of those tables
+//! must follow it.
 
 pub mod hotels;
+pub mod invitations;
 pub mod memberships;
+pub mod permissions;
+pub mod roles;
 pub mod snapshot;
 pub mod users;
 
@@ -36,7 +49,9 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use crate::clerk::events::Millis;
-use crate::clerk::{ClerkEvent, HotelId, Membership, Organization, User, UserId};
+use crate::clerk::{ClerkEvent, HotelId, Membership, Organization, PermissionId, Role, RoleId, User, UserId};
+use invitations::InvitationWrite;
+use permissions::PermissionWrite;
 
 /// Who is writing: recorded for the change feed (`orgsync.source`) and deciding two rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +111,9 @@ pub enum Outcome {
     /// A membership whose user has no row, while another worker holds that user's events (most
     /// likely creating it): retry in a moment.
     UserBusy(UserId),
+    /// A role whose key (this one) another live role still holds: retry once that role's
+    /// deletion or re-keying has arrived.
+    RoleKeyTaken(String),
 }
 
 impl Outcome {
@@ -128,6 +146,8 @@ pub enum ApplyError {
     MissingHotel(HotelId),
     #[error("user {0} is being written by another worker")]
     UserBusy(UserId),
+    #[error("role key {0} is still held by another live role")]
+    RoleKeyTaken(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -137,7 +157,7 @@ impl ApplyError {
     pub fn waiting_for(&self) -> Option<&HotelId> {
         match self {
             Self::MissingHotel(id) => Some(id),
-            Self::UserBusy(_) | Self::Database(_) => None,
+            Self::UserBusy(_) | Self::RoleKeyTaken(_) | Self::Database(_) => None,
         }
     }
 }
@@ -178,7 +198,8 @@ pub struct MembershipWrite<'a> {
 /// Applies a batch of events of any kinds in the caller's transaction (after [`begin`]) and
 /// returns one outcome per event, in order. Deletes first (tombstones are final: nothing of the
 /// batch is written only to be tombstoned, and a tombstone keeps its own version), then parents
-/// before children: hotels, users, memberships. Err is a database error: the
+/// before children: hotels, users, memberships, invitations; then permissions, roles and their
+/// permission sets (see `AccessModel::apply`). Err is a database error: the
 /// transaction is then aborted and the caller rolls back.
 pub async fn apply_events(
     conn: &mut PgConnection,
@@ -191,6 +212,7 @@ pub async fn apply_events(
     let mut members: Vec<(usize, Item<MembershipWrite<'_>>)> = Vec::new();
     let mut hotel_dels: Vec<(usize, Item<Deletion<HotelId>>)> = Vec::new();
     let mut user_dels: Vec<(usize, Item<Deletion<UserId>>)> = Vec::new();
+    let mut access = AccessModel::default();
     for (i, e) in events.iter().enumerate() {
         let job = e.job;
         match e.value {
@@ -236,6 +258,38 @@ pub async fn apply_events(
                     },
                 },
             )),
+            ClerkEvent::RoleUpserted(r) => access.roles.push((i, Item { job, value: r })),
+            ClerkEvent::RoleDeleted { id, at } => access.role_dels.push((
+                i,
+                Item {
+                    job,
+                    value: Deletion {
+                        id: id.clone(),
+                        at: *at,
+                    },
+                },
+            )),
+            ClerkEvent::PermissionUpserted(p) => access.permissions.push((i, Item { job, value: p })),
+            ClerkEvent::PermissionDeleted { id, at } => access.permission_dels.push((
+                i,
+                Item {
+                    job,
+                    value: Deletion {
+                        id: id.clone(),
+                        at: *at,
+                    },
+                },
+            )),
+            ClerkEvent::InvitationWritten { invitation, version } => access.invitations.push((
+                i,
+                Item {
+                    job,
+                    value: InvitationWrite {
+                        invitation,
+                        version: *version,
+                    },
+                },
+            )),
         }
     }
 
@@ -278,12 +332,109 @@ pub async fn apply_events(
         let got = users::upsert(conn, source, &items).await?;
         scatter(&mut out, at, got);
     }
+    if !members.is_empty() && !access.invitations.is_empty() {
+        // Memberships and invitations both lock hotels FOR KEY SHARE: take them in one ordered
+        // pass, so a concurrent hotel delete cannot slip between the two.
+        let mut ids: Vec<&str> = members
+            .iter()
+            .map(|(_, m)| m.value.membership.organization.id.as_str())
+            .collect();
+        ids.extend(
+            access
+                .invitations
+                .iter()
+                .map(|(_, i)| i.value.invitation.organization_id.as_str()),
+        );
+        hotels::lock_for_children(conn, ids).await?;
+    }
     if !members.is_empty() {
         let (at, items): (Vec<_>, Vec<_>) = members.into_iter().unzip();
         let got = memberships::upsert(conn, source, &items).await?;
         scatter(&mut out, at, got);
     }
+    access.apply(conn, &mut out).await?;
     Ok(out)
+}
+
+/// The roles, permissions and invitations of a batch, with their indexes in it.
+#[derive(Default)]
+struct AccessModel<'a> {
+    roles: Vec<(usize, Item<&'a Role>)>,
+    role_dels: Vec<(usize, Item<Deletion<RoleId>>)>,
+    permissions: Vec<(usize, Item<&'a crate::clerk::Permission>)>,
+    permission_dels: Vec<(usize, Item<Deletion<PermissionId>>)>,
+    invitations: Vec<(usize, Item<InvitationWrite<'a>>)>,
+}
+
+impl AccessModel<'_> {
+    /// Applies them after the hotels, users and memberships, in the lock order of the module
+    /// documentation: invitations (hotels), role keys, permissions (their own events, deletions
+    /// and the copies embedded in roles, in one statement), roles, permission sets.
+    async fn apply(self, conn: &mut PgConnection, out: &mut [Outcome]) -> Result<(), sqlx::Error> {
+        let scatter = |out: &mut [Outcome], at: &[usize], got: Vec<Outcome>| {
+            for (i, o) in at.iter().zip(got) {
+                out[*i] = o;
+            }
+        };
+        if !self.invitations.is_empty() {
+            let (at, items): (Vec<_>, Vec<_>) = self.invitations.into_iter().unzip();
+            let got = invitations::upsert(conn, &items).await?;
+            scatter(out, &at, got);
+        }
+        if self.roles.is_empty()
+            && self.role_dels.is_empty()
+            && self.permissions.is_empty()
+            && self.permission_dels.is_empty()
+        {
+            return Ok(());
+        }
+        roles::lock_keys(conn, self.roles.iter().map(|(_, r)| r.value.key.as_str()).collect()).await?;
+
+        let mut perm_at: Vec<usize> = Vec::new();
+        let mut perm_items: Vec<Item<PermissionWrite<'_>>> = Vec::new();
+        for (i, p) in &self.permissions {
+            perm_at.push(*i);
+            perm_items.push(Item {
+                job: p.job,
+                value: PermissionWrite::Live(p.value),
+            });
+        }
+        for (i, d) in &self.permission_dels {
+            perm_at.push(*i);
+            perm_items.push(Item {
+                job: d.job,
+                value: PermissionWrite::Deleted(&d.value),
+            });
+        }
+        let own = perm_items.len();
+        for (_, r) in &self.roles {
+            perm_items.extend(r.value.permissions.iter().map(|p| Item {
+                job: r.job,
+                value: PermissionWrite::Live(p),
+            }));
+        }
+        let got = permissions::write(conn, &perm_items).await?;
+        scatter(out, &perm_at, got.into_iter().take(own).collect());
+
+        let dropped: Vec<&str> = self.permission_dels.iter().map(|(_, d)| d.value.id.as_str()).collect();
+        let mut role_ids: Vec<&str> = self.roles.iter().map(|(_, r)| r.value.id.as_str()).collect();
+        role_ids.extend(self.role_dels.iter().map(|(_, d)| d.value.id.as_str()));
+        role_ids.sort_unstable();
+        role_ids.dedup();
+        roles::lock(conn, &role_ids, &dropped).await?;
+        permissions::drop_from_roles(conn, &dropped).await?;
+        if !self.role_dels.is_empty() {
+            let (at, items): (Vec<_>, Vec<_>) = self.role_dels.into_iter().unzip();
+            let got = roles::delete(conn, &items).await?;
+            scatter(out, &at, got);
+        }
+        if !self.roles.is_empty() {
+            let (at, items): (Vec<_>, Vec<_>) = self.roles.into_iter().unzip();
+            let got = roles::upsert(conn, &items).await?;
+            scatter(out, &at, got);
+        }
+        Ok(())
+    }
 }
 
 /// Applies one event as the consumer would (a batch of one, source `webhook`, no job id) inside
@@ -307,6 +458,7 @@ pub async fn apply(conn: &mut PgConnection, event: &ClerkEvent) -> Result<Applie
         Outcome::Obsolete => Ok(Applied::Obsolete),
         Outcome::WaitingForHotel(h) => Err(ApplyError::MissingHotel(h)),
         Outcome::UserBusy(u) => Err(ApplyError::UserBusy(u)),
+        Outcome::RoleKeyTaken(k) => Err(ApplyError::RoleKeyTaken(k)),
     }
 }
 

@@ -25,13 +25,20 @@ pub async fn upsert(
     let updated: Vec<_> = items.iter().map(|i| to_time(i.value.updated_at)).collect();
     let versions: Vec<i64> = items.iter().map(|i| i.value.updated_at).collect();
     let jobs: Vec<Option<i64>> = items.iter().map(|i| i.job).collect();
+    let banned: Vec<bool> = items.iter().map(|i| i.value.banned).collect();
+    let locked: Vec<bool> = items.iter().map(|i| i.value.locked).collect();
+    let usernames: Vec<Option<&str>> = items.iter().map(|i| i.value.username.as_deref()).collect();
+    let external: Vec<Option<&str>> = items.iter().map(|i| i.value.external_id.as_deref()).collect();
+    let metadata: Vec<serde_json::Value> = items.iter().map(|i| i.value.public_metadata.clone()).collect();
     let rows = sqlx::query!(
         r#"
         with input as (
             select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                 $6::timestamptz[], $7::timestamptz[], $8::int8[], $9::int8[])
+                                 $6::timestamptz[], $7::timestamptz[], $8::int8[], $9::int8[],
+                                 $11::bool[], $12::bool[], $13::text[], $14::text[], $15::jsonb[])
                 with ordinality as x(id, email, first_name, last_name, image_url, created_at, updated_at,
-                                     clerk_version, last_job_id, n)
+                                     clerk_version, last_job_id, banned, locked, username, external_id,
+                                     public_metadata, n)
         ),
         mark as (
             select coalesce(max(listed_at), 0) as listed_at from snapshot_marks
@@ -44,14 +51,17 @@ pub async fn upsert(
         ),
         written as (
             insert into users (id, email, first_name, last_name, image_url, created_at, updated_at,
-                               clerk_version, last_job_id)
-            select id, email, first_name, last_name, image_url, created_at, updated_at, clerk_version, last_job_id
+                               clerk_version, last_job_id, banned, locked, username, external_id, public_metadata)
+            select id, email, first_name, last_name, image_url, created_at, updated_at, clerk_version, last_job_id,
+                   banned, locked, username, external_id, public_metadata
             from newest order by id
             on conflict (id) do update set
                 email = excluded.email, first_name = excluded.first_name, last_name = excluded.last_name,
                 image_url = excluded.image_url, created_at = excluded.created_at,
                 updated_at = excluded.updated_at, clerk_version = excluded.clerk_version,
-                last_job_id = excluded.last_job_id
+                last_job_id = excluded.last_job_id, banned = excluded.banned, locked = excluded.locked,
+                username = excluded.username, external_id = excluded.external_id,
+                public_metadata = excluded.public_metadata
             -- newer wins (a stub is version 0); tombstones are final
             where users.deleted_at is null and users.clerk_version < excluded.clerk_version
             returning id
@@ -75,6 +85,11 @@ pub async fn upsert(
         &versions,
         &jobs as &[Option<i64>],
         source.honours_snapshots(),
+        &banned,
+        &locked,
+        &usernames as &[Option<&str>],
+        &external as &[Option<&str>],
+        &metadata,
     )
     .fetch_all(&mut *conn)
     .await?;

@@ -169,7 +169,7 @@ pub(crate) async fn apply(
                 }
                 Outcome::Obsolete => report.skipped.memberships_obsolete += 1,
                 Outcome::WaitingForHotel(_) => report.skipped.memberships_without_hotel += 1,
-                Outcome::Unchanged | Outcome::UserBusy(_) => {}
+                Outcome::Unchanged | Outcome::UserBusy(_) | Outcome::RoleKeyTaken(_) => {}
             }
         }
     }

@@ -15,6 +15,7 @@ use orgsync::queue::WorkerSettings;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+pub mod access_events;
 pub mod cli;
 pub mod test_db;
 #[allow(unused_imports)]
