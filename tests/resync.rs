@@ -231,14 +231,14 @@ async fn resync_converges_a_stale_database() {
     let live_hotels_before = live(&pool, "hotels").await;
 
     let report = resync(&pool, &fake.client(), &opts()).await.unwrap();
-    assert_eq!(report.hotels.created, vec!["org_new0000001"]);
-    assert_eq!(report.hotels.updated, vec!["org_s0000001"]);
-    assert_eq!(report.hotels.deleted, vec!["org_s0000002"]);
-    assert_eq!(report.users.deleted, vec!["user_s0000003"]);
-    assert_eq!(report.users.created, vec!["user_hidden000001"]);
+    assert_eq!(report.hotels.created.ids(), vec!["org_new0000001"]);
+    assert_eq!(report.hotels.updated.ids(), vec!["org_s0000001"]);
+    assert_eq!(report.hotels.deleted.ids(), vec!["org_s0000002"]);
+    assert_eq!(report.users.deleted.ids(), vec!["user_s0000003"]);
+    assert_eq!(report.users.created.ids(), vec!["user_hidden000001"]);
     // Seeded membership m joins org m % 20 and user (7 * org + m / 20) % 30.
-    assert_eq!(report.memberships.deleted, vec!["org_s0000005/user_s0000005"]);
-    assert_eq!(report.memberships.updated, vec!["org_s0000006/user_s0000012"]);
+    assert_eq!(report.memberships.deleted.ids(), vec!["org_s0000005/user_s0000005"]);
+    assert_eq!(report.memberships.updated.ids(), vec!["org_s0000006/user_s0000012"]);
     assert_eq!(report.skipped.memberships_without_hotel, 1);
     assert!(
         report.skipped.memberships_obsolete >= 1,
@@ -318,8 +318,8 @@ async fn a_member_whose_user_clerk_does_not_return_gets_a_stub() {
     fake.put_membership(&membership("orgmem_ghost00001", &hotel, &ghost, "basic_member", t, t));
 
     let report = resync(&pool, &fake.client(), &opts()).await.unwrap();
-    assert_eq!(report.users.created, vec!["user_ghost0000001"]);
-    assert_eq!(report.memberships.created, vec!["org_s0000000/user_ghost0000001"]);
+    assert_eq!(report.users.created.ids(), vec!["user_ghost0000001"]);
+    assert_eq!(report.memberships.created.ids(), vec!["org_s0000000/user_ghost0000001"]);
     let (version, email): (i64, Option<String>) =
         sqlx::query_as("select clerk_version, email from users where id = 'user_ghost0000001'")
             .fetch_one(&pool)
@@ -522,8 +522,8 @@ async fn a_mass_delete_is_refused_without_the_flag() {
     )
     .await
     .unwrap();
-    assert_eq!(report.hotels.deleted, vec!["org_s0000001", "org_s0000002"]);
-    assert_eq!(report.hotels.created, vec!["org_new0000001"]);
+    assert_eq!(report.hotels.deleted.ids(), vec!["org_s0000001", "org_s0000002"]);
+    assert_eq!(report.hotels.created.ids(), vec!["org_new0000001"]);
     assert_eq!(report.memberships_ended_by_deletes, 2, "one member each");
     assert!(!is_live_hotel(&pool, "org_s0000001").await);
     assert_eq!(
@@ -555,10 +555,10 @@ async fn a_dry_run_writes_nothing_and_reports_the_difference() {
     .unwrap();
     assert!(dry.dry_run);
     assert_eq!(fingerprint(&pool).await, before, "a dry run writes no row");
-    assert_eq!(dry.hotels.created, vec!["org_new0000001"]);
-    assert_eq!(dry.hotels.updated, vec!["org_s0000003"]);
-    assert_eq!(dry.hotels.deleted, vec!["org_s0000007"]);
-    assert_eq!(dry.users.deleted, vec!["user_s0000009"]);
+    assert_eq!(dry.hotels.created.ids(), vec!["org_new0000001"]);
+    assert_eq!(dry.hotels.updated.ids(), vec!["org_s0000003"]);
+    assert_eq!(dry.hotels.deleted.ids(), vec!["org_s0000007"]);
+    assert_eq!(dry.users.deleted.ids(), vec!["user_s0000009"]);
     let (outcome, dry_run, counts, _) = last_run(&pool).await;
     assert_eq!((outcome.as_str(), dry_run), ("succeeded", true));
     assert_eq!(counts["hotels"]["deleted"], 1);
@@ -572,8 +572,8 @@ async fn a_dry_run_writes_nothing_and_reports_the_difference() {
         (real.hotels.clone(), real.users.deleted.clone()),
         (dry.hotels.clone(), dry.users.deleted.clone())
     );
-    let mut a = real.memberships.deleted.clone();
-    let mut b = dry.memberships.deleted.clone();
+    let mut a = real.memberships.deleted.ids().to_vec();
+    let mut b = dry.memberships.deleted.ids().to_vec();
     a.sort();
     b.sort();
     assert_eq!(a, b);
@@ -600,7 +600,7 @@ async fn rows_the_listing_skipped_are_confirmed_by_id_and_kept() {
     assert_eq!(report.skipped.deletes_not_confirmed, 3);
     assert!(is_live_hotel(&pool, "org_s0000003").await);
     // Found by id, it is also brought up to date.
-    assert_eq!(report.hotels.updated, vec!["org_s0000003"]);
+    assert_eq!(report.hotels.updated.ids(), vec!["org_s0000003"]);
     let asked = fake
         .log()
         .iter()
@@ -736,7 +736,7 @@ async fn a_resync_racing_with_webhooks_never_overwrites_them_with_older_data() {
         is_live_hotel(&pool, "org_s0000019").await,
         "written after the listing began: not deleted"
     );
-    assert!(!report.hotels.deleted.contains(&"org_s0000019".to_owned()));
+    assert!(!report.hotels.deleted.ids().contains(&"org_s0000019".to_owned()));
     assert!(is_live_hotel(&pool, "org_webhook000001").await);
     assert_eq!(
         scalar_i64(
@@ -746,7 +746,7 @@ async fn a_resync_racing_with_webhooks_never_overwrites_them_with_older_data() {
         .await,
         1
     );
-    assert!(!report.hotels.updated.contains(&"org_s0000001".to_owned()));
+    assert!(!report.hotels.updated.ids().contains(&"org_s0000001".to_owned()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
