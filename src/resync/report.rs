@@ -361,3 +361,27 @@ pub fn render_text(report: &ResyncReport, verbose: bool) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_lists_count_everything_and_keep_a_bounded_sample() {
+        let mut ids = Ids::default();
+        for n in 0..Ids::SAMPLE + 500 {
+            ids.push(format!("org_{n:08}"));
+        }
+        assert_eq!(ids.len(), Ids::SAMPLE + 500);
+        assert_eq!(ids.ids().len(), Ids::SAMPLE);
+        assert!(!ids.is_complete());
+        let changes = Changes {
+            created: ids,
+            ..Changes::default()
+        };
+        let json = changes.to_json(true);
+        assert_eq!(json["created"], Ids::SAMPLE + 500);
+        assert_eq!(json["ids"]["created"].as_array().unwrap().len(), Ids::SAMPLE);
+        assert_eq!(json["ids_complete"], false);
+    }
+}
