@@ -246,7 +246,14 @@ async fn text_copy_treats_specially_survives_the_staging_area() {
     let fake = FakeClerk::start().await;
     let name = "Tab\there, line\nbreak, back\\slash, \\N and \\t, \"quoted\"";
     fake.put_org(&org("org_copy00000001", name, BASE, BASE));
-    fake.put_user(&user("user_copy0000001", "a\\b@example.com", "\\N", "Cr\rLf", BASE, BASE));
+    fake.put_user(&user(
+        "user_copy0000001",
+        "a\\b@example.com",
+        "\\N",
+        "Cr\rLf",
+        BASE,
+        BASE,
+    ));
     resync(&pool, &fake.client(), &opts()).await.unwrap();
     let stored: String = sqlx::query_scalar("select name from hotels where id = 'org_copy00000001'")
         .fetch_one(&pool)
