@@ -254,7 +254,7 @@ async fn snapshot(pool: &PgPool) -> Value {
 }
 
 async fn reset(pool: &PgPool) {
-    sqlx::query("truncate memberships, hotels, users, jobs, snapshot_marks restart identity")
+    sqlx::query("truncate memberships, hotels, users, jobs, snapshot_marks restart identity cascade")
         .execute(pool)
         .await
         .unwrap();
