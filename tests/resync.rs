@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use fake_clerk::{membership, org, user, FakeClerk, KEY};
-use orgsync::clerk::api::ClerkClient;
 use orgsync::clerk::{ClerkEvent, HotelId};
 use orgsync::resync::{resync, Outcome, ResyncOptions};
 use resync_support::*;
@@ -524,41 +523,94 @@ async fn a_resync_racing_with_webhooks_never_overwrites_them_with_older_data() {
     assert!(!report.hotels.updated.ids().contains(&"org_s0000001".to_owned()));
 }
 
-/// The benchmark's shape, for a quick check outside CI: `cargo test --release --test resync --
-/// --ignored scale`. Prints the timings; asserts the budgets (60 s from empty, 15 s unchanged
-/// with no row written).
+/// The benchmark's shape (10k organizations, 50k users, 100k memberships, times
+/// `ORGSYNC_BENCH_SCALE`, default 1), for a quick check outside CI: `cargo test --release --test
+/// resync -- --ignored scale`. Each run is `orgsync resync` in a child process, so its time and
+/// peak memory (VmHWM, sampled every 50 ms) are the resync's own, apart from the fake. Prints
+/// the figures; asserts convergence and that the unchanged run writes no row.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a minute of work; run explicitly"]
 async fn scale_10k_organizations_100k_memberships_50k_users() {
+    let scale: f64 = std::env::var("ORGSYNC_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let (orgs, users, members) = (
+        (10_000.0 * scale) as usize,
+        (50_000.0 * scale) as usize,
+        (100_000.0 * scale) as usize,
+    );
     let db = TestDb::new().await;
     let pool = db.pool.clone();
     let fake = FakeClerk::start().await;
     let seeding = Instant::now();
-    fake.seed(10_000, 50_000, 100_000, BASE);
+    fake.seed(orgs, users, members, BASE);
     eprintln!("seeded the fake in {:?}", seeding.elapsed());
-    let client = ClerkClient::new(&fake.url(), KEY, 1000, Duration::from_secs(30)).unwrap();
 
-    let started = Instant::now();
-    let report = resync(&pool, &client, &opts()).await.unwrap();
-    let empty = started.elapsed();
-    eprintln!("empty database: {empty:?}, {} requests", fake.log().len());
+    let (empty, empty_peak) = resync_in_child(&pool, &fake).await;
+    eprintln!(
+        "empty database: {empty:?}, peak {} MiB, {} requests",
+        empty_peak / 1024,
+        fake.log().len()
+    );
     assert_eq!(
         (
-            report.hotels.created.len(),
-            report.users.created.len(),
-            report.memberships.created.len()
+            live(&pool, "hotels").await,
+            live(&pool, "users").await,
+            live(&pool, "memberships").await
         ),
-        (10_000, 50_000, 100_000)
+        (orgs as i64, users as i64, members as i64)
     );
 
     let before = fingerprint(&pool).await;
     let requests = fake.log().len();
-    let started = Instant::now();
-    let again = resync(&pool, &client, &opts()).await.unwrap();
-    let unchanged = started.elapsed();
-    eprintln!("unchanged: {unchanged:?}, {} requests", fake.log().len() - requests);
-    assert!(again.is_unchanged());
+    let (unchanged, unchanged_peak) = resync_in_child(&pool, &fake).await;
+    eprintln!(
+        "unchanged: {unchanged:?}, peak {} MiB, {} requests",
+        unchanged_peak / 1024,
+        fake.log().len() - requests
+    );
     assert_eq!(fingerprint(&pool).await, before);
     // Speed is the benchmark's business (`cargo bench --bench throughput`), not a test's.
-    eprintln!("{empty:?} from empty, {unchanged:?} unchanged");
+    eprintln!(
+        "scale {scale}: {:.2} s from empty, {:.2} s unchanged; peak {} / {} MiB",
+        empty.as_secs_f64(),
+        unchanged.as_secs_f64(),
+        empty_peak / 1024,
+        unchanged_peak / 1024
+    );
+}
+
+/// Runs `orgsync resync` against `fake`; returns how long it took and its peak resident memory
+/// in KiB (the last VmHWM read before it exited).
+async fn resync_in_child(pool: &PgPool, fake: &FakeClerk) -> (Duration, u64) {
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_orgsync"))
+        .arg("resync")
+        .env("DATABASE_URL", test_database_url(pool).await)
+        .env("CLERK_API_URL", fake.url())
+        .env("CLERK_SECRET_KEY", KEY)
+        .env("CLERK_RATE_LIMIT", "1000")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id().unwrap());
+    let mut peak = 0u64;
+    let exit = loop {
+        tokio::select! {
+            exit = child.wait() => break exit.unwrap(),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                let hwm = std::fs::read_to_string(&status).ok().and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmHWM:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                });
+                peak = peak.max(hwm.unwrap_or(0));
+            }
+        }
+    };
+    assert!(exit.success(), "orgsync resync exited with {exit}");
+    (started.elapsed(), peak)
 }
