@@ -17,7 +17,8 @@
 //! 2. A row missing from a listing is deleted only if Clerk, asked for it by id, does not have
 //!    it: offset pagination skips items when others are deleted meanwhile, and a tombstone can
 //!    never be undone.
-//! 3. A row written after the listing began (`clerk_version` newer than its start) is kept.
+//! 3. A row written after the listing began (`clerk_version` newer than its start, or changed in
+//!    the change feed since the feed's last id before the listing) is kept.
 //! 4. A run that would delete more than `mass_delete_threshold` of the live hotels writes
 //!    nothing and is recorded as refused, unless `allow_mass_delete`.
 //!
