@@ -11,7 +11,7 @@ use sqlx::{PgConnection, PgPool};
 use super::confirm::{GONE_HOTELS, GONE_MEMBERSHIPS, GONE_USERS};
 use super::plan::{PLAN_HOTELS, PLAN_MEMBERSHIPS, PLAN_USERS};
 use super::report::{Changes, ResyncReport};
-use super::staging::{decode, HOTELS, MEMBERSHIPS, USERS};
+use super::staging::decode;
 use super::ResyncOptions;
 use crate::clerk::events::Millis;
 use crate::clerk::{HotelId, Membership, Organization, User, UserId};
@@ -96,7 +96,7 @@ pub(crate) async fn apply(
     stage_name("writing hotels");
     let mut after = String::new();
     loop {
-        let rows = entity_chunk(stage, PLAN_HOTELS, HOTELS.name, &after, chunk).await?;
+        let rows = entity_chunk(stage, PLAN_HOTELS, &after, chunk).await?;
         let Some(last) = rows.last() else { break };
         after = last.0.clone();
         let orgs: Vec<(Organization, bool)> = rows
@@ -115,7 +115,7 @@ pub(crate) async fn apply(
     stage_name("writing users");
     let mut after = String::new();
     loop {
-        let rows = entity_chunk(stage, PLAN_USERS, USERS.name, &after, chunk).await?;
+        let rows = entity_chunk(stage, PLAN_USERS, &after, chunk).await?;
         let Some(last) = rows.last() else { break };
         after = last.0.clone();
         let listed: Vec<(User, bool)> = rows
@@ -135,8 +135,9 @@ pub(crate) async fn apply(
     let (mut after_hotel, mut after_user) = (String::new(), String::new());
     loop {
         let rows: Vec<(String, String, bool, String)> = sqlx::query_as(&format!(
-            "select p.hotel_id, p.user_id, p.kind = 'create', s.body from {PLAN_MEMBERSHIPS} p              join {stage} s using (hotel_id, user_id)              where p.kind in ('create', 'update') and (p.hotel_id, p.user_id) > ($1, $2)              order by p.hotel_id, p.user_id limit $3",
-            stage = MEMBERSHIPS.name
+            "select hotel_id, user_id, kind = 'create', body from {PLAN_MEMBERSHIPS} \
+             where kind in ('create', 'update') and (hotel_id, user_id) > ($1, $2) \
+             order by hotel_id, user_id limit $3"
         ))
         .bind(&after_hotel)
         .bind(&after_user)
@@ -221,7 +222,8 @@ pub(crate) async fn apply(
     let (mut after_hotel, mut after_user) = (String::new(), String::new());
     loop {
         let keys: Vec<(String, String, String)> = sqlx::query_as(&format!(
-            "select hotel_id, user_id, clerk_membership_id from {GONE_MEMBERSHIPS}              where (hotel_id, user_id) > ($1, $2) order by hotel_id, user_id limit $3"
+            "select hotel_id, user_id, clerk_membership_id from {GONE_MEMBERSHIPS} \
+             where (hotel_id, user_id) > ($1, $2) order by hotel_id, user_id limit $3"
         ))
         .bind(&after_hotel)
         .bind(&after_user)
@@ -237,16 +239,15 @@ pub(crate) async fn apply(
     Ok(())
 }
 
-/// The next chunk of a hotels or users plan: (id, created, staged body), after `after`.
+/// The next chunk of a hotels or users plan: (id, created, staged object), after `after`.
 async fn entity_chunk(
     stage: &mut PgConnection,
     plan: &str,
-    staged: &str,
     after: &str,
     limit: i64,
 ) -> Result<Vec<(String, bool, String)>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "select p.id, p.created, s.body from {plan} p join {staged} s using (id)          where p.id > $1 order by p.id limit $2"
+        "select id, created, body from {plan} where id > $1 order by id limit $2"
     ))
     .bind(after)
     .bind(limit)

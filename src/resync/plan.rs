@@ -1,7 +1,8 @@
 //! The difference, computed by Postgres: the staged objects against the rows, decided as the
 //! rule book decides (a row is written when it is missing, or live and older than Clerk's
 //! object; memberships: or a tombstone of a *different*, older membership, i.e. the person was
-//! invited again). The plan tables hold only what changes, keyed for the apply's keyset chunks.
+//! invited again). The plan tables hold only what changes, with the staged object, keyed for
+//! the apply's keyset chunks (each chunk is one index range of one table: no join per chunk).
 
 use sqlx::PgConnection;
 
@@ -19,12 +20,12 @@ pub(crate) const PLAN_MEMBERSHIPS: &str = "resync_plan_memberships";
 pub(crate) async fn plan(conn: &mut PgConnection, report: &mut ResyncReport) -> Result<(), sqlx::Error> {
     for (plan, staged, rows) in [(PLAN_HOTELS, HOTELS.name, "hotels"), (PLAN_USERS, USERS.name, "users")] {
         sqlx::query(&format!(
-            "create temp table {plan} (id text primary key, created bool not null)"
+            "create temp table {plan} (id text primary key, created bool not null, body text not null)"
         ))
         .execute(&mut *conn)
         .await?;
         sqlx::query(&format!(
-            "insert into {plan} select s.id, t.id is null from {staged} s left join {rows} t on t.id = s.id \
+            "insert into {plan} select s.id, t.id is null, s.body from {staged} s left join {rows} t on t.id = s.id \
              where s.body is not null and (t.id is null or (t.deleted_at is null and t.clerk_version < s.version))"
         ))
         .execute(&mut *conn)
@@ -32,14 +33,15 @@ pub(crate) async fn plan(conn: &mut PgConnection, report: &mut ResyncReport) -> 
     }
     sqlx::query(&format!(
         "create temp table {PLAN_MEMBERSHIPS} (hotel_id text, user_id text, kind text not null, stub bool not null, \
-         primary key (hotel_id, user_id))"
+         body text, primary key (hotel_id, user_id))"
     ))
     .execute(&mut *conn)
     .await?;
     sqlx::query(&format!(
         r#"
         insert into {PLAN_MEMBERSHIPS}
-        select s.hotel_id, s.user_id, k.kind, u.id is null and su.id is null
+        select s.hotel_id, s.user_id, k.kind, u.id is null and su.id is null,
+               case when k.kind in ('create', 'update') then s.body end
         from {members} s
         left join hotels h on h.id = s.hotel_id
         left join users u on u.id = s.user_id
