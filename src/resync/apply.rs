@@ -1,17 +1,20 @@
 //! Writing the difference, through the rule book ([`crate::reconcile`]) in chunks of
-//! `chunk_size`, one transaction each: parents first (hotels, users), then memberships (which
-//! bring their user stubs), then the deletes, dated when the listing began.
+//! `chunk_size` read from the staging area, one transaction each: parents first (hotels,
+//! users), then memberships (which bring their user stubs), then the deletes, dated when the
+//! listing began. The report counts what the rule book actually wrote.
 
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
-use super::plan::{push_change, Change, Deletes, Plan, Snapshot};
-use super::report::ResyncReport;
+use super::confirm::{GONE_HOTELS, GONE_MEMBERSHIPS, GONE_USERS};
+use super::plan::{PLAN_HOTELS, PLAN_MEMBERSHIPS, PLAN_USERS};
+use super::report::{Changes, ResyncReport};
+use super::staging::decode;
 use super::ResyncOptions;
 use crate::clerk::events::Millis;
-use crate::clerk::{HotelId, Organization, User, UserId};
+use crate::clerk::{HotelId, Membership, Organization, User, UserId};
 use crate::reconcile::{
     self, hotels, memberships, snapshot, users, DeleteKind, Deletion, Item, MembershipWrite, Outcome, Source,
 };
@@ -73,76 +76,83 @@ macro_rules! in_tx {
     };
 }
 
+/// Writes the plan and the confirmed deletes, reading the staging area in keyset chunks of
+/// `chunk_size` (on `stage`) and writing each chunk in a transaction of its own (on `pool`).
 pub(crate) async fn apply(
     pool: &PgPool,
-    snapshot_rows: &Snapshot,
-    plan: &Plan<'_>,
-    deletes: &Deletes,
+    stage: &mut PgConnection,
     started_ms: Millis,
     options: &ResyncOptions,
     report: &mut ResyncReport,
 ) -> Result<(), sqlx::Error> {
     let progress = options.progress.as_deref();
-    let stage = |s: &str| {
+    let stage_name = |s: &str| {
         if let Some(p) = progress {
             p.stage(s)
         }
     };
-    let chunk = options.chunk_size.max(1);
+    let chunk = options.chunk_size.max(1) as i64;
 
-    let mut orgs: Vec<&Organization> = plan.hotels.iter().map(|(o, _)| *o).collect();
-    orgs.sort_by(|a, b| a.id.cmp(&b.id));
-    if !orgs.is_empty() {
-        stage("writing hotels");
-    }
-    for rows in orgs.chunks(chunk) {
-        let items: Vec<Item<&Organization>> = rows.iter().map(|o| Item { job: None, value: *o }).collect();
-        let outcomes = in_tx!(pool, |tx| hotels::upsert(tx, Source::Resync, &items))?;
-        for (org, outcome) in rows.iter().zip(outcomes) {
-            if outcome == Outcome::Written {
-                let id = org.id.as_str();
-                let change = if snapshot_rows.hotels.contains_key(id) {
-                    Change::Update
-                } else {
-                    Change::Create
-                };
-                push_change(&mut report.hotels, change, id.to_owned());
-            }
-        }
-    }
-
-    let mut listed_users: Vec<&User> = plan.users.iter().map(|(u, _)| *u).collect();
-    listed_users.sort_by(|a, b| a.id.cmp(&b.id));
-    if !listed_users.is_empty() {
-        stage("writing users");
-    }
-    for rows in listed_users.chunks(chunk) {
-        let items: Vec<Item<&User>> = rows.iter().map(|u| Item { job: None, value: *u }).collect();
-        let outcomes = in_tx!(pool, |tx| users::upsert(tx, Source::Resync, &items))?;
-        for (user, outcome) in rows.iter().zip(outcomes) {
-            if outcome == Outcome::Written {
-                let id = user.id.as_str();
-                let change = if snapshot_rows.users.contains_key(id) {
-                    Change::Update
-                } else {
-                    Change::Create
-                };
-                push_change(&mut report.users, change, id.to_owned());
-            }
-        }
-    }
-
-    let mut members: Vec<_> = plan.memberships.iter().map(|(m, _)| *m).collect();
-    members.sort_by(|a, b| {
-        (&a.organization.id, &a.public_user_data.user_id).cmp(&(&b.organization.id, &b.public_user_data.user_id))
-    });
-    if !members.is_empty() {
-        stage("writing memberships");
-    }
-    for rows in members.chunks(chunk) {
-        let items: Vec<Item<MembershipWrite<'_>>> = rows
+    stage_name("writing hotels");
+    let mut after = String::new();
+    loop {
+        let rows = entity_chunk(stage, PLAN_HOTELS, &after, chunk).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.0.clone();
+        let orgs: Vec<(Organization, bool)> = rows
             .iter()
-            .map(|m| Item {
+            .map(|(_, created, body)| Ok((decode(body)?, *created)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        let items: Vec<Item<&Organization>> = orgs.iter().map(|(o, _)| Item { job: None, value: o }).collect();
+        let outcomes = in_tx!(pool, |tx| hotels::upsert(tx, Source::Resync, &items))?;
+        for ((org, created), outcome) in orgs.iter().zip(outcomes) {
+            if outcome == Outcome::Written {
+                push_change(&mut report.hotels, *created, org.id.to_string());
+            }
+        }
+    }
+
+    stage_name("writing users");
+    let mut after = String::new();
+    loop {
+        let rows = entity_chunk(stage, PLAN_USERS, &after, chunk).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.0.clone();
+        let listed: Vec<(User, bool)> = rows
+            .iter()
+            .map(|(_, created, body)| Ok((decode(body)?, *created)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        let items: Vec<Item<&User>> = listed.iter().map(|(u, _)| Item { job: None, value: u }).collect();
+        let outcomes = in_tx!(pool, |tx| users::upsert(tx, Source::Resync, &items))?;
+        for ((user, created), outcome) in listed.iter().zip(outcomes) {
+            if outcome == Outcome::Written {
+                push_change(&mut report.users, *created, user.id.to_string());
+            }
+        }
+    }
+
+    stage_name("writing memberships");
+    let (mut after_hotel, mut after_user) = (String::new(), String::new());
+    loop {
+        let rows: Vec<(String, String, bool, String)> = sqlx::query_as(&format!(
+            "select hotel_id, user_id, kind = 'create', body from {PLAN_MEMBERSHIPS} \
+             where kind in ('create', 'update') and (hotel_id, user_id) > ($1, $2) \
+             order by hotel_id, user_id limit $3"
+        ))
+        .bind(&after_hotel)
+        .bind(&after_user)
+        .bind(chunk)
+        .fetch_all(&mut *stage)
+        .await?;
+        let Some(last) = rows.last() else { break };
+        (after_hotel, after_user) = (last.0.clone(), last.1.clone());
+        let members: Vec<(Membership, bool)> = rows
+            .iter()
+            .map(|(_, _, created, body)| Ok((decode(body)?, *created)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        let items: Vec<Item<MembershipWrite<'_>>> = members
+            .iter()
+            .map(|(m, _)| Item {
                 job: None,
                 value: MembershipWrite {
                     membership: m,
@@ -155,17 +165,14 @@ pub(crate) async fn apply(
             Source::Resync,
             &items
         ))?;
-        report.users.created.extend(applied.stubs);
-        for (m, outcome) in rows.iter().zip(applied.outcomes) {
-            let (h, u) = (m.organization.id.as_str(), m.public_user_data.user_id.as_str());
+        let mut stubs = applied.stubs;
+        stubs.sort();
+        stubs.into_iter().for_each(|id| report.users.created.push(id));
+        for ((m, created), outcome) in members.iter().zip(applied.outcomes) {
             match outcome {
                 Outcome::Written => {
-                    let created = snapshot_rows
-                        .memberships
-                        .get(&(h.to_owned(), u.to_owned()))
-                        .is_none_or(|r| r.deleted);
-                    let change = if created { Change::Create } else { Change::Update };
-                    push_change(&mut report.memberships, change, format!("{h}/{u}"));
+                    let id = format!("{}/{}", m.organization.id, m.public_user_data.user_id);
+                    push_change(&mut report.memberships, *created, id);
                 }
                 Outcome::Obsolete => report.skipped.memberships_obsolete += 1,
                 Outcome::WaitingForHotel(_) => report.skipped.memberships_without_hotel += 1,
@@ -175,10 +182,12 @@ pub(crate) async fn apply(
     }
 
     // Deletes, dated when the listing began; rows written since are kept.
-    if !(deletes.hotels.is_empty() && deletes.users.is_empty() && deletes.memberships.is_empty()) {
-        stage("writing deletes");
-    }
-    for ids in deletes.hotels.chunks(chunk) {
+    stage_name("writing deletes");
+    let mut after = String::new();
+    loop {
+        let ids = gone_chunk(stage, GONE_HOTELS, &after, chunk).await?;
+        let Some(last) = ids.last() else { break };
+        after = last.clone();
         let items: Vec<Item<Deletion<HotelId>>> = ids
             .iter()
             .filter_map(|id| HotelId::parse(id).ok())
@@ -187,11 +196,16 @@ pub(crate) async fn apply(
                 value: Deletion { id, at: started_ms },
             })
             .collect();
-        let gone = in_tx!(pool, |tx| hotels::delete(tx, &items, DeleteKind::Inferred))?;
-        report.hotels.deleted.extend(gone.ids);
+        let mut gone = in_tx!(pool, |tx| hotels::delete(tx, &items, DeleteKind::Inferred))?;
+        gone.ids.sort();
+        gone.ids.into_iter().for_each(|id| report.hotels.deleted.push(id));
         report.memberships_ended_by_deletes += gone.memberships_ended;
     }
-    for ids in deletes.users.chunks(chunk) {
+    let mut after = String::new();
+    loop {
+        let ids = gone_chunk(stage, GONE_USERS, &after, chunk).await?;
+        let Some(last) = ids.last() else { break };
+        after = last.clone();
         let items: Vec<Item<Deletion<UserId>>> = ids
             .iter()
             .filter_map(|id| UserId::parse(id).ok())
@@ -200,13 +214,60 @@ pub(crate) async fn apply(
                 value: Deletion { id, at: started_ms },
             })
             .collect();
-        let gone = in_tx!(pool, |tx| users::delete(tx, &items, DeleteKind::Inferred))?;
-        report.users.deleted.extend(gone.ids);
+        let mut gone = in_tx!(pool, |tx| users::delete(tx, &items, DeleteKind::Inferred))?;
+        gone.ids.sort();
+        gone.ids.into_iter().for_each(|id| report.users.deleted.push(id));
         report.memberships_ended_by_deletes += gone.memberships_ended;
     }
-    for keys in deletes.memberships.chunks(chunk) {
-        let gone = in_tx!(pool, |tx| memberships::end(tx, keys, started_ms))?;
-        report.memberships.deleted.extend(gone);
+    let (mut after_hotel, mut after_user) = (String::new(), String::new());
+    loop {
+        let keys: Vec<(String, String, String)> = sqlx::query_as(&format!(
+            "select hotel_id, user_id, clerk_membership_id from {GONE_MEMBERSHIPS} \
+             where (hotel_id, user_id) > ($1, $2) order by hotel_id, user_id limit $3"
+        ))
+        .bind(&after_hotel)
+        .bind(&after_user)
+        .bind(chunk)
+        .fetch_all(&mut *stage)
+        .await?;
+        let Some(last) = keys.last() else { break };
+        (after_hotel, after_user) = (last.0.clone(), last.1.clone());
+        let mut gone = in_tx!(pool, |tx| memberships::end(tx, &keys, started_ms))?;
+        gone.sort();
+        gone.into_iter().for_each(|id| report.memberships.deleted.push(id));
     }
     Ok(())
+}
+
+/// The next chunk of a hotels or users plan: (id, created, staged object), after `after`.
+async fn entity_chunk(
+    stage: &mut PgConnection,
+    plan: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<(String, bool, String)>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select id, created, body from {plan} where id > $1 order by id limit $2"
+    ))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(stage)
+    .await
+}
+
+/// The next chunk of confirmed deletes of hotels or users, after `after`.
+async fn gone_chunk(stage: &mut PgConnection, gone: &str, after: &str, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(&format!("select id from {gone} where id > $1 order by id limit $2"))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(stage)
+        .await
+}
+
+fn push_change(changes: &mut Changes, created: bool, id: String) {
+    if created {
+        changes.created.push(id)
+    } else {
+        changes.updated.push(id)
+    }
 }

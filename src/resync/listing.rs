@@ -1,9 +1,12 @@
-//! The listings: every page of an endpoint, fetched a few at a time under the client's budget.
+//! The listings: every page of an endpoint, fetched a few at a time under the client's budget,
+//! and handed to the staging area as it arrives (no listing is held in memory).
 
 use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
+use tokio::sync::mpsc;
 
-use crate::clerk::api::{ClerkApiError, ClerkClient, InvalidItem, Page, PAGE_LIMIT};
+use super::staging::{encode, EncodedPage, Staged};
+use crate::clerk::api::{ClerkApiError, ClerkClient, Page, PAGE_LIMIT};
 use crate::clerk::User;
 
 /// Which listing a progress report is about.
@@ -34,28 +37,41 @@ pub trait Progress: Send + Sync {
     fn stage(&self, stage: &str);
 }
 
-/// What a listing returned: its items, what did not parse, and the error that ended it early.
-pub(crate) struct Listing<T> {
-    pub(crate) items: Vec<T>,
-    pub(crate) invalid: Vec<InvalidItem>,
+/// Where listed pages go: encoded for their staged table, then sent (with back-pressure: the
+/// channel is bounded) to the task that copies them into the staging area.
+#[derive(Clone)]
+pub(crate) struct Sink {
+    tx: mpsc::Sender<EncodedPage>,
+}
+
+impl Sink {
+    /// A sink and the receiving end, holding at most `pages` encoded pages in between.
+    pub(crate) fn new(pages: usize) -> (Self, mpsc::Receiver<EncodedPage>) {
+        let (tx, rx) = mpsc::channel(pages.max(1));
+        (Self { tx }, rx)
+    }
+
+    /// Stages a page. When the receiving end is gone (its database write failed, and that error
+    /// ends the run), the page is dropped.
+    pub(crate) async fn send<T: Staged>(&self, page: &Page<T>) {
+        let _ = self.tx.send(encode(page)).await;
+    }
+}
+
+/// What a listing did: how many objects it held, and the error that ended it early.
+pub(crate) struct Listing {
     pub(crate) listed: u64,
     pub(crate) error: Option<ClerkApiError>,
 }
 
-impl<T> Listing<T> {
+impl Listing {
     pub(crate) fn new() -> Self {
-        Self {
-            items: Vec::new(),
-            invalid: Vec::new(),
-            listed: 0,
-            error: None,
-        }
+        Self { listed: 0, error: None }
     }
 
-    pub(crate) fn absorb(&mut self, page: Page<T>) {
+    async fn absorb<T: Staged>(&mut self, page: Page<T>, sink: &Sink) {
         self.listed += page.len as u64;
-        self.items.extend(page.items);
-        self.invalid.extend(page.invalid);
+        sink.send(&page).await;
     }
 
     pub(crate) fn fail(&mut self, e: ClerkApiError) {
@@ -74,9 +90,11 @@ pub(crate) async fn list_by_offset<'a, T, F>(
     kind: ListingKind,
     concurrency: usize,
     progress: Option<&dyn Progress>,
+    sink: &Sink,
     fetch: F,
-) -> Listing<T>
+) -> Listing
 where
+    T: Staged,
     F: Fn(u32) -> BoxFuture<'a, Result<Page<T>, ClerkApiError>>,
 {
     let page_size = PAGE_LIMIT as u64;
@@ -91,7 +109,7 @@ where
     let announced = first.total_count.map(|t| t.max(0) as u64);
     let mut total = announced.unwrap_or(first.len as u64);
     let mut more = first.len as u64 >= page_size;
-    out.absorb(first);
+    out.absorb(first, sink).await;
     report(progress, kind, out.listed, announced.map(|_| total));
     let mut next = page_size;
     if more && announced.is_some() {
@@ -104,7 +122,7 @@ where
             match page {
                 Ok(p) => {
                     total = total.max(p.total_count.unwrap_or(0).max(0) as u64);
-                    out.absorb(p);
+                    out.absorb(p, sink).await;
                     report(progress, kind, out.listed, Some(total));
                 }
                 Err(e) => out.fail(e),
@@ -119,7 +137,7 @@ where
             Ok(p) => {
                 total = total.max(p.total_count.unwrap_or(0).max(0) as u64);
                 more = p.len as u64 >= page_size && (announced.is_none() || next + page_size < total);
-                out.absorb(p);
+                out.absorb(p, sink).await;
                 report(progress, kind, out.listed, announced.map(|_| total));
                 next += page_size;
             }
@@ -144,7 +162,8 @@ pub(crate) async fn list_all_users(
     client: &ClerkClient,
     total: Option<u64>,
     progress: Option<&dyn Progress>,
-) -> Listing<User> {
+    sink: &Sink,
+) -> Listing {
     let mut out = Listing::new();
     let mut after: Option<String> = None;
     loop {
@@ -152,7 +171,7 @@ pub(crate) async fn list_all_users(
             Ok(page) => {
                 let short = (page.len as u64) < PAGE_LIMIT as u64;
                 let last = page.last_id.clone();
-                out.absorb(page);
+                out.absorb::<User>(page, sink).await;
                 report(
                     progress,
                     ListingKind::Users,

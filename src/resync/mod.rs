@@ -1,10 +1,12 @@
 //! Full resync from the Clerk Backend API (`orgsync resync` and the scheduled run), and the
 //! self-heal of hotels that membership jobs wait for.
 //!
-//! A resync lists every organization, membership and user ([`listing`]), compares them with the
-//! rows ([`plan`]), and writes the difference through the rule book ([`crate::reconcile`], via
-//! [`apply`]): the very statements the consumer uses, so a webhook applied concurrently is never
-//! overwritten with older data. A complete run is a snapshot: it records when it listed (by
+//! A resync lists every organization, membership and user ([`listing`]), streaming each page
+//! into temporary tables on a connection of its own ([`staging`]); Postgres compares them with
+//! the rows ([`plan`], [`confirm`]), and the difference is read back in keyset chunks and
+//! written through the rule book ([`crate::reconcile`], via [`apply`]): the very statements the
+//! consumer uses, so a webhook applied concurrently is never overwritten with older data. The
+//! process holds a few pages and one chunk at a time, however large the instance. A complete run is a snapshot: it records when it listed (by
 //! Clerk's clock), and the consumer then treats older events about what it covered as obsolete
 //! ([`crate::reconcile::snapshot`]). The self-heal ([`self_heal`]) is the same for one hotel.
 //!
@@ -15,7 +17,8 @@
 //! 2. A row missing from a listing is deleted only if Clerk, asked for it by id, does not have
 //!    it: offset pagination skips items when others are deleted meanwhile, and a tombstone can
 //!    never be undone.
-//! 3. A row written after the listing began (`clerk_version` newer than its start) is kept.
+//! 3. A row written after the listing began (`clerk_version` newer than its start, or changed in
+//!    the change feed since the feed's last id before the listing) is kept.
 //! 4. A run that would delete more than `mass_delete_threshold` of the live hotels writes
 //!    nothing and is recorded as refused, unless `allow_mass_delete`.
 //!
@@ -24,14 +27,15 @@
 
 mod apply;
 mod command;
+mod confirm;
 mod listing;
 mod plan;
 pub mod progress;
 mod report;
 mod schedule;
 mod self_heal;
+mod staging;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -47,12 +51,15 @@ use crate::reconcile::to_time;
 
 pub use command::{command, CommandConfig};
 pub use listing::{ListingKind, Progress};
-pub use report::{render_text, Changes, ListedCounts, MassDelete, Outcome, ResyncError, ResyncReport, Skipped};
+pub use report::{render_text, Changes, Ids, ListedCounts, MassDelete, Outcome, ResyncError, ResyncReport, Skipped};
 pub use schedule::schedule;
 pub use self_heal::{HealError, Healed, SelfHeal};
 
-use listing::{list_all_users, list_by_offset};
-use plan::{confirm_deletes, fetch_missing_users, plan_upserts, Clerk, Deletes, Snapshot};
+use listing::{list_all_users, list_by_offset, Sink};
+use staging::Stage;
+
+/// Listed pages encoded and waiting for the staging connection, at most.
+const STAGED_PAGES_IN_FLIGHT: usize = 16;
 
 /// The advisory lock every resync holds ("orgsync" in ASCII, then 1).
 pub const RESYNC_LOCK_KEY: i64 = 0x6f72_6773_796e_6301;
@@ -279,67 +286,72 @@ async fn execute(
         }
     };
 
-    // The three listings and the rows load side by side. The rows are read as the listing begins:
-    // a row a webhook creates meanwhile is not even a delete candidate.
+    // The change feed's last id before the listing: rows changed after it are not this run's
+    // to delete (see confirm::confirm_deletes).
+    let feed_cursor: i64 = sqlx::query_scalar("select coalesce(max(id), 0)::int8 from changes")
+        .fetch_one(pool)
+        .await?;
+
+    // The three listings stream into the staging area, on a connection of its own.
     stage("listing");
-    let (orgs, memberships, users, snapshot) = tokio::join!(
-        list_by_offset(ListingKind::Organizations, concurrency, progress, |o| {
-            client.list_organizations(o, PAGE_LIMIT).boxed()
-        }),
-        list_by_offset(ListingKind::Memberships, concurrency, progress, |o| {
-            client.list_memberships(o, PAGE_LIMIT).boxed()
-        }),
-        list_all_users(client, user_total, progress),
-        Snapshot::load(pool),
-    );
-    let snapshot = snapshot?;
+    let mut staged = Stage::open(pool).await?;
+    confirm::create_tables(staged.conn()).await?;
+    let (sink, mut pages) = Sink::new(STAGED_PAGES_IN_FLIGHT);
+    let listings = async {
+        let sink = sink;
+        tokio::join!(
+            list_by_offset(ListingKind::Organizations, concurrency, progress, &sink, |o| {
+                client.list_organizations(o, PAGE_LIMIT).boxed()
+            }),
+            list_by_offset(ListingKind::Memberships, concurrency, progress, &sink, |o| {
+                client.list_memberships(o, PAGE_LIMIT).boxed()
+            }),
+            list_all_users(client, user_total, progress, &sink),
+        )
+    };
+    let copying = async {
+        while let Some(page) = pages.recv().await {
+            staged.copy_page(&page).await?;
+        }
+        Ok::<_, sqlx::Error>(())
+    };
+    let ((orgs, memberships, users), copied) = tokio::join!(listings, copying);
+    copied?;
     report.listed = ListedCounts {
         organizations: orgs.listed,
         memberships: memberships.listed,
         users: users.listed,
     };
-
-    let mut failure: Option<ClerkApiError> = None;
-    let mut clerk = Clerk::default();
-    orgs.items.into_iter().for_each(|o| clerk.add_org(o));
-    orgs.invalid.into_iter().for_each(|i| clerk.invalid_org(i));
-    failure = failure.or(orgs.error);
-    users.items.into_iter().for_each(|u| clerk.add_user(u));
-    users.invalid.into_iter().for_each(|i| clerk.invalid_user(i));
-    failure = failure.or(users.error);
-    memberships.items.into_iter().for_each(|m| clerk.add_membership(m));
-    memberships
-        .invalid
-        .into_iter()
-        .for_each(|i| clerk.invalid_membership(i));
-    failure = failure.or(memberships.error);
+    let mut failure: Option<ClerkApiError> = orgs.error.or(users.error).or(memberships.error);
+    staged.settle().await?;
 
     // Deletes: only after complete listings, and only what Clerk confirms it no longer has.
-    let mut deletes = Deletes::default();
     if failure.is_none() {
         stage("confirming deletes");
-        match confirm_deletes(
+        let confirmed = confirm::confirm_deletes(
+            &mut staged,
             client,
-            &snapshot,
-            &mut clerk,
             started_ms,
+            feed_cursor,
             concurrency,
             &mut report.skipped,
         )
-        .await
-        {
-            Ok(d) => deletes = d,
-            Err(e) => failure = Some(e),
-        }
+        .await?;
+        failure = confirmed;
     }
     report.complete = failure.is_none();
-    fetch_missing_users(client, &snapshot, &mut clerk, concurrency).await;
-    report.skipped.invalid_items = clerk.invalid;
+    confirm::fetch_missing_users(&mut staged, client, concurrency).await?;
+    report.skipped.invalid_items = staged.invalid();
 
-    let plan = plan_upserts(&snapshot, &clerk, &mut report.skipped);
+    if !report.complete {
+        // Nothing is deleted: forget what the confirmations found gone.
+        for gone in [confirm::GONE_HOTELS, confirm::GONE_USERS, confirm::GONE_MEMBERSHIPS] {
+            sqlx::query(&format!("truncate {gone}")).execute(staged.conn()).await?;
+        }
+    }
+    plan::plan(staged.conn(), &mut report).await?;
 
-    let live = snapshot.live_hotels();
-    let to_delete = deletes.hotels.len() as u64;
+    let (to_delete, live) = plan::hotel_deletes(staged.conn()).await?;
     let refused = to_delete > 0 && to_delete as f64 > options.mass_delete_threshold * live as f64;
     if refused {
         report.mass_delete = Some(MassDelete {
@@ -349,25 +361,20 @@ async fn execute(
         });
     }
 
-    if options.dry_run || (refused && !options.allow_mass_delete) {
+    let written = if options.dry_run || (refused && !options.allow_mass_delete) {
         // Report what would change.
-        plan.describe(&mut report);
-        report.hotels.deleted = deletes.hotels.clone();
-        report.users.deleted = deletes.users.clone();
-        report.memberships.deleted = deletes.memberships.iter().map(|(h, u, _)| format!("{h}/{u}")).collect();
-        let hotels: HashSet<&str> = deletes.hotels.iter().map(String::as_str).collect();
-        let users: HashSet<&str> = deletes.users.iter().map(String::as_str).collect();
-        report.memberships_ended_by_deletes = snapshot
-            .memberships
-            .iter()
-            .filter(|((h, u), r)| !r.deleted && (hotels.contains(h.as_str()) || users.contains(u.as_str())))
-            .count() as u64;
+        plan::describe(staged.conn(), &mut report).await
     } else {
-        if report.complete {
-            apply::record_marks(pool, listed_at).await?;
+        async {
+            if report.complete {
+                apply::record_marks(pool, listed_at).await?;
+            }
+            apply::apply(pool, staged.conn(), started_ms, options, &mut report).await
         }
-        apply::apply(pool, &snapshot, &plan, &deletes, started_ms, options, &mut report).await?;
-    }
+        .await
+    };
+    staged.close().await;
+    written?;
 
     if refused && !options.allow_mass_delete && !options.dry_run {
         return Err(ResyncError::MassDelete {

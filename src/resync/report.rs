@@ -5,13 +5,59 @@ use serde_json::json;
 
 use crate::clerk::api::ClerkApiError;
 
+/// Ids of one kind of change: the exact count, and the first [`Ids::SAMPLE`] ids recorded (a
+/// run records them in key order, so the sample is the smallest ids), so a report's memory stays
+/// bounded however much changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ids {
+    count: u64,
+    sample: Vec<String>,
+}
+
+impl Ids {
+    /// How many ids a report keeps per kind of change.
+    pub const SAMPLE: usize = 1000;
+
+    /// Records one id (counted always, kept while the sample has room).
+    pub fn push(&mut self, id: String) {
+        self.count += 1;
+        if self.sample.len() < Self::SAMPLE {
+            self.sample.push(id);
+        }
+    }
+
+    /// Counts `n` more ids without naming them.
+    pub(crate) fn add_count(&mut self, n: u64) {
+        self.count += n;
+    }
+
+    /// How many ids (exact, including those beyond the sample).
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The ids kept: all of them when [`Self::is_complete`], else the first [`Self::SAMPLE`].
+    pub fn ids(&self) -> &[String] {
+        &self.sample
+    }
+
+    /// True when [`Self::ids`] names every id counted.
+    pub fn is_complete(&self) -> bool {
+        self.sample.len() as u64 == self.count
+    }
+}
+
 /// The rows of one table a run created, updated and deleted (or, in a dry run, would have).
 /// Membership ids read `org_.../user_...`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
-    pub created: Vec<String>,
-    pub updated: Vec<String>,
-    pub deleted: Vec<String>,
+    pub created: Ids,
+    pub updated: Ids,
+    pub deleted: Ids,
 }
 
 impl Changes {
@@ -24,14 +70,17 @@ impl Changes {
             "created": self.created.len(), "updated": self.updated.len(), "deleted": self.deleted.len(),
         });
         if with_ids {
-            let sorted = |ids: &Vec<String>| {
-                let mut ids = ids.clone();
+            let sorted = |ids: &Ids| {
+                let mut ids = ids.ids().to_vec();
                 ids.sort();
                 ids
             };
             v["ids"] = json!({
                 "created": sorted(&self.created), "updated": sorted(&self.updated), "deleted": sorted(&self.deleted),
             });
+            // Each list holds at most Ids::SAMPLE ids; the counts above are exact.
+            v["ids_complete"] =
+                json!(self.created.is_complete() && self.updated.is_complete() && self.deleted.is_complete());
         }
         v
     }
@@ -299,13 +348,40 @@ pub fn render_text(report: &ResyncReport, verbose: bool) -> String {
             ("membership", &report.memberships),
         ] {
             for (sign, ids) in [("+", &c.created), ("~", &c.updated), ("-", &c.deleted)] {
-                let mut ids = ids.clone();
-                ids.sort();
-                for id in ids {
+                let mut sample = ids.ids().to_vec();
+                sample.sort();
+                for id in &sample {
                     let _ = writeln!(out, "  {sign} {name} {id}");
+                }
+                if !ids.is_complete() {
+                    let _ = writeln!(out, "  {sign} {name} … and {} more", ids.len() - sample.len());
                 }
             }
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_lists_count_everything_and_keep_a_bounded_sample() {
+        let mut ids = Ids::default();
+        for n in 0..Ids::SAMPLE + 500 {
+            ids.push(format!("org_{n:08}"));
+        }
+        assert_eq!(ids.len(), Ids::SAMPLE + 500);
+        assert_eq!(ids.ids().len(), Ids::SAMPLE);
+        assert!(!ids.is_complete());
+        let changes = Changes {
+            created: ids,
+            ..Changes::default()
+        };
+        let json = changes.to_json(true);
+        assert_eq!(json["created"], Ids::SAMPLE + 500);
+        assert_eq!(json["ids"]["created"].as_array().unwrap().len(), Ids::SAMPLE);
+        assert_eq!(json["ids_complete"], false);
+    }
 }
