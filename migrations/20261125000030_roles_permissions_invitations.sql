@@ -41,6 +41,8 @@ create table role_permissions (
 create index role_permissions_permission on role_permissions (permission_id);
 
 -- Invitations to a hotel. The invitation `url` is never stored: it carries the acceptance token.
+-- `deleted_at` is the tombstone (the hotel was deleted, or Clerk no longer has the invitation):
+-- final, like every other tombstone.
 create table invitations (
     id            text primary key,              -- the Clerk invitation id (orginv_...)
     hotel_id      text not null references hotels (id),
@@ -52,6 +54,7 @@ create table invitations (
     expires_at    timestamptz,
     created_at    timestamptz,                   -- absent from some events (revoked)
     updated_at    timestamptz not null,
+    deleted_at    timestamptz,
     clerk_version bigint not null,
     last_job_id   bigint
 );
@@ -130,9 +133,12 @@ begin
         perform pg_advisory_xact_lock(1869768547, hashtext(current_schema())); -- class "orgc"
     end if;
     -- Each table's columns are read in its own branch (plpgsql resolves NEW's fields when a
-    -- statement first runs). Invitations have no tombstone: a revocation is a status.
+    -- statement first runs). An invitation's revocation is a status; its tombstone (deleted_at)
+    -- is final, so it is reported `deleted` once.
     if tg_argv[0] = 'invitation' then
-        op := case when tg_op = 'INSERT' then 'created' else 'updated' end;
+        op := case when tg_op = 'INSERT' then 'created'
+                   when old.deleted_at is null and new.deleted_at is not null then 'deleted'
+                   else 'updated' end;
         key := new.id; hotel := new.hotel_id; member := new.user_id;
     else
         if tg_op = 'INSERT' then
@@ -217,9 +223,10 @@ create constraint trigger invitations_changes after insert on invitations
     deferrable initially deferred for each row execute function record_change('invitation');
 create constraint trigger invitations_changes_update after update on invitations
     deferrable initially deferred for each row
-    when ((old.hotel_id, old.email_address, old.role, old.role_name, old.status, old.user_id,
-           old.expires_at, old.created_at)
-          is distinct from
-          (new.hotel_id, new.email_address, new.role, new.role_name, new.status, new.user_id,
-           new.expires_at, new.created_at))
+    when ((old.deleted_at is null or new.deleted_at is null)
+          and (old.hotel_id, old.email_address, old.role, old.role_name, old.status, old.user_id,
+               old.expires_at, old.created_at, old.deleted_at)
+              is distinct from
+              (new.hotel_id, new.email_address, new.role, new.role_name, new.status, new.user_id,
+               new.expires_at, new.created_at, new.deleted_at))
     execute function record_change('invitation');

@@ -1,5 +1,5 @@
 //! Hotels (Clerk organizations): newer wins, a tombstone is final, a delete ends the hotel's
-//! memberships (and removes its invitations), and writing a hotel wakes the membership and
+//! memberships (and tombstones its invitations), and writing a hotel wakes the membership and
 //! invitation jobs waiting for it.
 
 use sqlx::PgConnection;
@@ -114,7 +114,7 @@ pub struct Deleted {
 }
 
 /// Tombstones hotels, ends their live memberships (dated and versioned by each deletion) and
-/// removes their invitations.
+/// tombstones their invitations.
 /// [`DeleteKind::Reported`] tombstones whatever the row's version and inserts a tombstone for a
 /// hotel never seen; [`DeleteKind::Inferred`] only live rows not written after `at`. Deletions
 /// wake the jobs waiting for the hotel (they finish as obsolete).
@@ -189,10 +189,19 @@ pub async fn delete(
         .execute(&mut *conn)
         .await?
         .rows_affected();
-        // Invitations end with their hotel (no tombstone: any later news of them is obsolete).
-        sqlx::query!("delete from invitations where hotel_id = any($1)", &gone_ids)
-            .execute(&mut *conn)
-            .await?;
+        // Invitations end with their hotel: tombstoned, dated by the deletion (final).
+        sqlx::query!(
+            r#"
+            update invitations i set deleted_at = to_timestamp(g.at / 1000.0), last_job_id = g.job
+            from unnest($1::text[], $2::int8[], $3::int8[]) as g(id, at, job)
+            where i.hotel_id = g.id and i.deleted_at is null
+            "#,
+            &gone_ids,
+            &gone_at,
+            &gone_job as &[Option<i64>],
+        )
+        .execute(&mut *conn)
+        .await?;
         // Memberships waiting for these hotels are obsolete now: let them finish promptly.
         wake_jobs_waiting_for(conn, &gone_ids).await?;
     }

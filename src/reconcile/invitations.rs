@@ -4,7 +4,9 @@
 //! versioned by the event time (whole seconds in its examples), which can fall before the
 //! creation's millisecond `updated_at`: ranking settled above pending keeps such a revocation
 //! from being lost. The invitation `url` is never stored (it carries the acceptance token). A
-//! deleted hotel's invitations are removed with it (see [`super::hotels::delete`]).
+//! deleted hotel's invitations are tombstoned with it (see [`super::hotels::delete`]), and so is
+//! one Clerk no longer has ([`delete_inferred`]); a tombstone (`deleted_at`) is final: no write
+//! revives or changes it.
 
 use std::collections::{HashMap, HashSet};
 
@@ -122,7 +124,9 @@ async fn write(
                 created_at = coalesce(excluded.created_at, invitations.created_at),
                 updated_at = excluded.updated_at, clerk_version = excluded.clerk_version,
                 last_job_id = excluded.last_job_id
-            where (excluded.status <> 'pending', excluded.clerk_version)
+            -- tombstones are final
+            where invitations.deleted_at is null
+              and (excluded.status <> 'pending', excluded.clerk_version)
                   > (invitations.status <> 'pending', invitations.clerk_version)
             returning id
         )
@@ -156,7 +160,7 @@ async fn write(
               from unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[])
                    as s(id, created_at, expires_at, user_id)
               group by id) x
-        where i.id = x.id
+        where i.id = x.id and i.deleted_at is null
           and ((i.created_at is null and x.created_at is not null)
                or (i.expires_at is null and x.expires_at is not null)
                or (i.user_id is null and x.user_id is not null))
@@ -169,4 +173,26 @@ async fn write(
     .execute(conn)
     .await?;
     Ok(written.into_iter().map(|n| n as usize).collect())
+}
+
+/// Tombstones the invitations among `ids` that a complete listing lacked and Clerk answered 404
+/// for by id (an inferred delete): only live rows not written after `at` (the listing's start),
+/// dated `at`; the row is kept with `deleted_at` set, and no later write revives it. Returns the
+/// ids tombstoned.
+pub async fn delete_inferred(conn: &mut PgConnection, ids: &[&str], at: i64) -> Result<Vec<String>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar!(
+        r#"
+        update invitations set deleted_at = to_timestamp($2 / 1000.0), last_job_id = null
+        where id in (select id from invitations where id = any($1) and deleted_at is null and clerk_version <= $2
+                     order by id for no key update)
+        returning id
+        "#,
+        ids as &[&str],
+        at,
+    )
+    .fetch_all(conn)
+    .await
 }

@@ -19,7 +19,7 @@
 //!   embedded in a role payload is written like its own event; a deleted permission drops out of
 //!   every set; a role whose key another live role holds waits ([`Outcome::RoleKeyTaken`]).
 //! - **Invitations** ([`invitations`]) wait for their hotel like memberships, are obsolete once
-//!   it is deleted (and removed with it), and a settled status is never set back to `pending`.
+//!   it is deleted (and tombstoned with it), and a settled status is never set back to `pending`.
 //! - **A snapshot outranks what is older** ([`snapshot`]). After a resync (or a self-heal of one
 //!   hotel) that listed at T, an event older than T about what that listing covered is obsolete.
 //!

@@ -158,3 +158,30 @@ pub async fn drop_from_roles(conn: &mut PgConnection, ids: &[&str]) -> Result<u6
     .await?
     .rows_affected())
 }
+
+/// Tombstones the permissions among `ids` that a complete listing lacked and Clerk answered 404
+/// for by id (an inferred delete): only live rows not written after `at` (the listing's start),
+/// dated `at`; then drops them from every role's permission set (locking those roles first, as
+/// [`super::apply_events`] orders locks: permissions, then roles). Returns the ids tombstoned.
+pub async fn delete_inferred(conn: &mut PgConnection, ids: &[&str], at: i64) -> Result<Vec<String>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let gone = sqlx::query_scalar!(
+        r#"
+        update permissions set deleted_at = to_timestamp($2 / 1000.0), clerk_version = greatest(clerk_version, $2),
+                               last_job_id = null
+        where id in (select id from permissions where id = any($1) and deleted_at is null and clerk_version <= $2
+                     order by id for no key update)
+        returning id
+        "#,
+        ids as &[&str],
+        at,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let dropped: Vec<&str> = gone.iter().map(String::as_str).collect();
+    super::roles::lock(conn, &[], &dropped).await?;
+    drop_from_roles(conn, &dropped).await?;
+    Ok(gone)
+}

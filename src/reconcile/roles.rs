@@ -251,3 +251,32 @@ pub async fn upsert(conn: &mut PgConnection, items: &[Item<&Role>]) -> Result<Ve
         })
         .collect())
 }
+
+/// Tombstones the roles among `ids` that a complete listing lacked and Clerk answered 404 for by
+/// id (an inferred delete): only live rows not written after `at` (the listing's start), dated
+/// `at`, and empties their permission sets. The rows are locked in id order (the roles step of
+/// the lock order in [`super::apply_events`]). Returns the ids tombstoned.
+pub async fn delete_inferred(conn: &mut PgConnection, ids: &[&str], at: i64) -> Result<Vec<String>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    lock(conn, ids, &[]).await?;
+    let gone = sqlx::query_scalar!(
+        r#"
+        update roles set deleted_at = to_timestamp($2 / 1000.0), clerk_version = greatest(clerk_version, $2),
+                         last_job_id = null
+        where id = any($1) and deleted_at is null and clerk_version <= $2
+        returning id
+        "#,
+        ids as &[&str],
+        at,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    if !gone.is_empty() {
+        sqlx::query!("delete from role_permissions where role_id = any($1)", &gone)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(gone)
+}

@@ -75,6 +75,7 @@ macro_rules! in_tx {
         .await
     };
 }
+pub(super) use in_tx;
 
 /// Writes the plan and the confirmed deletes, reading the staging area in keyset chunks of
 /// `chunk_size` (on `stage`) and writing each chunk in a transaction of its own (on `pool`).
@@ -264,7 +265,7 @@ async fn gone_chunk(stage: &mut PgConnection, gone: &str, after: &str, limit: i6
         .await
 }
 
-fn push_change(changes: &mut Changes, created: bool, id: String) {
+pub(super) fn push_change(changes: &mut Changes, created: bool, id: String) {
     if created {
         changes.created.push(id)
     } else {

@@ -40,7 +40,7 @@ pub(crate) async fn create_tables(conn: &mut PgConnection) -> Result<(), sqlx::E
 }
 
 /// How many ids one round of confirmation asks for (a few requests in flight).
-fn round(concurrency: usize) -> i64 {
+pub(super) fn round(concurrency: usize) -> i64 {
     (MAX_FILTER_IDS * concurrency.max(1)) as i64
 }
 
@@ -123,7 +123,7 @@ pub(crate) async fn confirm_deletes(
 
 /// Fills `resync_candidates_{what}` with the live rows of `what` the listing lacks and that
 /// were not written after it began; returns how many such rows were written after.
-async fn candidates(
+pub(super) async fn candidates(
     conn: &mut PgConnection,
     what: &str,
     entity: &str,

@@ -15,6 +15,9 @@ pub enum ListingKind {
     Organizations,
     Memberships,
     Users,
+    Roles,
+    Permissions,
+    Invitations,
 }
 
 impl ListingKind {
@@ -23,6 +26,9 @@ impl ListingKind {
             Self::Organizations => "organizations",
             Self::Memberships => "memberships",
             Self::Users => "users",
+            Self::Roles => "roles",
+            Self::Permissions => "permissions",
+            Self::Invitations => "invitations",
         }
     }
 }

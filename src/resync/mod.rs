@@ -1,7 +1,8 @@
 //! Full resync from the Clerk Backend API (`orgsync resync` and the scheduled run), and the
 //! self-heal of hotels that membership jobs wait for.
 //!
-//! A resync lists every organization, membership and user ([`listing`]), streaming each page
+//! A resync lists every organization, membership, user, role, permission and invitation
+//! ([`listing`]; the last three in [`access`]), streaming each page
 //! into temporary tables on a connection of its own ([`staging`]); Postgres compares them with
 //! the rows ([`plan`], [`confirm`]), and the difference is read back in keyset chunks and
 //! written through the rule book ([`crate::reconcile`], via [`apply`]): the very statements the
@@ -25,6 +26,7 @@
 //! Every run (dry or not) holds a Postgres advisory lock, so one runs at a time across a fleet,
 //! and is recorded in `resync_runs`.
 
+mod access;
 mod apply;
 mod command;
 mod confirm;
@@ -228,11 +230,7 @@ pub(crate) async fn run_locked(
     match &result {
         Ok(report) => {
             if !report.dry_run {
-                for (table, c) in [
-                    ("hotels", &report.hotels),
-                    ("users", &report.users),
-                    ("memberships", &report.memberships),
-                ] {
+                for (table, c) in report.tables() {
                     for (action, n) in [
                         ("created", c.created.len()),
                         ("updated", c.updated.len()),
@@ -296,6 +294,7 @@ async fn execute(
     stage("listing");
     let mut staged = Stage::open(pool).await?;
     confirm::create_tables(staged.conn()).await?;
+    access::create_tables(staged.conn()).await?;
     let (sink, mut pages) = Sink::new(STAGED_PAGES_IN_FLIGHT);
     let listings = async {
         let sink = sink;
@@ -307,6 +306,15 @@ async fn execute(
                 client.list_memberships(o, PAGE_LIMIT).boxed()
             }),
             list_all_users(client, user_total, progress, &sink),
+            list_by_offset(ListingKind::Roles, concurrency, progress, &sink, |o| {
+                client.list_roles(o, PAGE_LIMIT).boxed()
+            }),
+            list_by_offset(ListingKind::Permissions, concurrency, progress, &sink, |o| {
+                client.list_permissions(o, PAGE_LIMIT).boxed()
+            }),
+            list_by_offset(ListingKind::Invitations, concurrency, progress, &sink, |o| {
+                client.list_invitations(o, PAGE_LIMIT).boxed()
+            }),
         )
     };
     let copying = async {
@@ -315,14 +323,23 @@ async fn execute(
         }
         Ok::<_, sqlx::Error>(())
     };
-    let ((orgs, memberships, users), copied) = tokio::join!(listings, copying);
+    let ((orgs, memberships, users, roles, permissions, invitations), copied) = tokio::join!(listings, copying);
     copied?;
     report.listed = ListedCounts {
         organizations: orgs.listed,
         memberships: memberships.listed,
         users: users.listed,
+        roles: roles.listed,
+        permissions: permissions.listed,
+        invitations: invitations.listed,
     };
-    let mut failure: Option<ClerkApiError> = orgs.error.or(users.error).or(memberships.error);
+    let mut failure: Option<ClerkApiError> = orgs
+        .error
+        .or(users.error)
+        .or(memberships.error)
+        .or(roles.error)
+        .or(permissions.error)
+        .or(invitations.error);
     staged.settle().await?;
 
     // Deletes: only after complete listings, and only what Clerk confirms it no longer has.
@@ -339,6 +356,9 @@ async fn execute(
         .await?;
         failure = confirmed;
     }
+    if failure.is_none() {
+        failure = access::confirm_deletes(&mut staged, client, started_ms, concurrency, &mut report.skipped).await?;
+    }
     report.complete = failure.is_none();
     confirm::fetch_missing_users(&mut staged, client, concurrency).await?;
     report.skipped.invalid_items = staged.invalid();
@@ -348,8 +368,10 @@ async fn execute(
         for gone in [confirm::GONE_HOTELS, confirm::GONE_USERS, confirm::GONE_MEMBERSHIPS] {
             sqlx::query(&format!("truncate {gone}")).execute(staged.conn()).await?;
         }
+        access::forget_deletes(staged.conn()).await?;
     }
     plan::plan(staged.conn(), &mut report).await?;
+    access::plan(staged.conn()).await?;
 
     let (to_delete, live) = plan::hotel_deletes(staged.conn()).await?;
     let refused = to_delete > 0 && to_delete as f64 > options.mass_delete_threshold * live as f64;
@@ -363,13 +385,19 @@ async fn execute(
 
     let written = if options.dry_run || (refused && !options.allow_mass_delete) {
         // Report what would change.
-        plan::describe(staged.conn(), &mut report).await
+        async {
+            plan::describe(staged.conn(), &mut report).await?;
+            access::describe(staged.conn(), &mut report).await
+        }
+        .await
     } else {
         async {
             if report.complete {
                 apply::record_marks(pool, listed_at).await?;
             }
-            apply::apply(pool, staged.conn(), started_ms, options, &mut report).await
+            apply::apply(pool, staged.conn(), started_ms, options, &mut report).await?;
+            let chunk = options.chunk_size.max(1) as i64;
+            access::apply(pool, staged.conn(), started_ms, chunk, &mut report).await
         }
         .await
     };

@@ -130,7 +130,7 @@ pub(crate) async fn describe(conn: &mut PgConnection, report: &mut ResyncReport)
 }
 
 /// Adds the ids `select` returns to `ids`: all counted, the smallest kept.
-async fn fill(conn: &mut PgConnection, select: &str, ids: &mut Ids) -> Result<(), sqlx::Error> {
+pub(super) async fn fill(conn: &mut PgConnection, select: &str, ids: &mut Ids) -> Result<(), sqlx::Error> {
     let count: i64 = sqlx::query_scalar(&format!("select count(*) from ({select}) x"))
         .fetch_one(&mut *conn)
         .await?;

@@ -26,13 +26,20 @@ impl Bars {
         let style = ProgressStyle::with_template("{prefix:>13} [{bar:32}] {pos}/{len} {per_sec}")
             .expect("valid template")
             .progress_chars("=> ");
-        let bars = [ListingKind::Organizations, ListingKind::Memberships, ListingKind::Users]
-            .into_iter()
-            .map(|k| {
-                let bar = multi.add(ProgressBar::new(0).with_style(style.clone()).with_prefix(k.name()));
-                (k, bar)
-            })
-            .collect();
+        let bars = [
+            ListingKind::Organizations,
+            ListingKind::Memberships,
+            ListingKind::Users,
+            ListingKind::Roles,
+            ListingKind::Permissions,
+            ListingKind::Invitations,
+        ]
+        .into_iter()
+        .map(|k| {
+            let bar = multi.add(ProgressBar::new(0).with_style(style.clone()).with_prefix(k.name()));
+            (k, bar)
+        })
+        .collect();
         let stage = multi.add(ProgressBar::new_spinner());
         stage.enable_steady_tick(Duration::from_millis(120));
         Self { multi, bars, stage }

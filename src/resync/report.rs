@@ -92,6 +92,9 @@ pub struct ListedCounts {
     pub organizations: u64,
     pub memberships: u64,
     pub users: u64,
+    pub roles: u64,
+    pub permissions: u64,
+    pub invitations: u64,
 }
 
 /// What a run left alone, and why.
@@ -152,6 +155,10 @@ pub struct ResyncReport {
     pub hotels: Changes,
     pub users: Changes,
     pub memberships: Changes,
+    pub roles: Changes,
+    pub permissions: Changes,
+    /// Deleted: tombstoned (Clerk no longer has them); those of deleted hotels are not counted.
+    pub invitations: Changes,
     /// Live memberships ended because their hotel or user was deleted (not in `memberships`).
     pub memberships_ended_by_deletes: u64,
     pub skipped: Skipped,
@@ -174,6 +181,9 @@ impl ResyncReport {
             hotels: Changes::default(),
             users: Changes::default(),
             memberships: Changes::default(),
+            roles: Changes::default(),
+            permissions: Changes::default(),
+            invitations: Changes::default(),
             memberships_ended_by_deletes: 0,
             skipped: Skipped::default(),
             mass_delete: None,
@@ -183,7 +193,19 @@ impl ResyncReport {
 
     /// True when the run changed (or would change) no row.
     pub fn is_unchanged(&self) -> bool {
-        self.hotels.is_empty() && self.users.is_empty() && self.memberships.is_empty()
+        self.tables().iter().all(|(_, c)| c.is_empty())
+    }
+
+    /// Each mirrored table's changes, named as the table.
+    pub fn tables(&self) -> [(&'static str, &Changes); 6] {
+        [
+            ("hotels", &self.hotels),
+            ("users", &self.users),
+            ("memberships", &self.memberships),
+            ("roles", &self.roles),
+            ("permissions", &self.permissions),
+            ("invitations", &self.invitations),
+        ]
     }
 
     /// The report as JSON; with `with_ids`, each table lists the ids it changed. Without ids it is
@@ -201,10 +223,16 @@ impl ResyncReport {
                 "organizations": self.listed.organizations,
                 "memberships": self.listed.memberships,
                 "users": self.listed.users,
+                "roles": self.listed.roles,
+                "permissions": self.listed.permissions,
+                "invitations": self.listed.invitations,
             },
             "hotels": self.hotels.to_json(with_ids),
             "users": self.users.to_json(with_ids),
             "memberships": self.memberships.to_json(with_ids),
+            "roles": self.roles.to_json(with_ids),
+            "permissions": self.permissions.to_json(with_ids),
+            "invitations": self.invitations.to_json(with_ids),
             "memberships_ended_by_deletes": self.memberships_ended_by_deletes,
             "skipped": {
                 "memberships_without_hotel": s.memberships_without_hotel,
@@ -285,15 +313,11 @@ pub fn render_text(report: &ResyncReport, verbose: bool) -> String {
     let l = &report.listed;
     let _ = writeln!(
         out,
-        "listed: {} organizations, {} memberships, {} users",
-        l.organizations, l.memberships, l.users
+        "listed: {} organizations, {} memberships, {} users, {} roles, {} permissions, {} invitations",
+        l.organizations, l.memberships, l.users, l.roles, l.permissions, l.invitations
     );
     let _ = writeln!(out, "{:<12} {:>9} {:>9} {:>9}", "", "created", "updated", "deleted");
-    for (name, c) in [
-        ("hotels", &report.hotels),
-        ("users", &report.users),
-        ("memberships", &report.memberships),
-    ] {
+    for (name, c) in report.tables() {
         let _ = writeln!(
             out,
             "{name:<12} {:>9} {:>9} {:>9}",
@@ -342,11 +366,8 @@ pub fn render_text(report: &ResyncReport, verbose: bool) -> String {
         );
     }
     if verbose {
-        for (name, c) in [
-            ("hotel", &report.hotels),
-            ("user", &report.users),
-            ("membership", &report.memberships),
-        ] {
+        for (table, c) in report.tables() {
+            let name = table.trim_end_matches('s');
             for (sign, ids) in [("+", &c.created), ("~", &c.updated), ("-", &c.deleted)] {
                 let mut sample = ids.ids().to_vec();
                 sample.sort();

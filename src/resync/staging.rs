@@ -15,7 +15,7 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::clerk::api::{InvalidItem, Page};
-use crate::clerk::{Membership, Organization, User};
+use crate::clerk::{Invitation, Membership, Organization, Permission, Role, User};
 
 /// One staged table: a temporary table named `name`, with the `key` columns (a subset of
 /// `columns`), then `version` (null for an object that did not parse) and `body`.
@@ -46,7 +46,24 @@ pub(crate) const MEMBERSHIPS: Table = Table {
     key: &["hotel_id", "user_id"],
 };
 
-const TABLES: [Table; 3] = [HOTELS, USERS, MEMBERSHIPS];
+pub(crate) const ROLES: Table = Table {
+    name: "resync_stage_roles",
+    columns: "id, version, body",
+    key: &["id"],
+};
+pub(crate) const PERMISSIONS: Table = Table {
+    name: "resync_stage_permissions",
+    columns: "id, version, body",
+    key: &["id"],
+};
+/// `version` ranks like the rule book: its `updated_at` (else `created_at`, else 0).
+pub(crate) const INVITATIONS: Table = Table {
+    name: "resync_stage_invitations",
+    columns: "id, version, body",
+    key: &["id"],
+};
+
+const TABLES: [Table; 6] = [HOTELS, USERS, MEMBERSHIPS, ROLES, PERMISSIONS, INVITATIONS];
 
 impl Table {
     fn ddl(&self) -> String {
@@ -164,6 +181,79 @@ impl Staged for Membership {
             }
             None => false,
         }
+    }
+}
+
+fn permission_json(p: &Permission) -> serde_json::Value {
+    json!({
+        "id": p.id.as_str(), "key": p.key, "name": p.name, "description": p.description, "type": p.kind,
+        "created_at": p.created_at, "updated_at": p.updated_at,
+    })
+}
+
+/// An object identified by its `id` alone: its invalid row is its id, when it has one.
+fn id_only_invalid_row(item: &InvalidItem, out: &mut CopyRows) -> bool {
+    item.id.as_deref().map(|id| out.push(&[Some(id), None, None])).is_some()
+}
+
+impl Staged for Permission {
+    const TABLE: Table = PERMISSIONS;
+    fn row(&self, out: &mut CopyRows) {
+        let body = permission_json(self);
+        out.push(&[
+            Some(self.id.as_str()),
+            Some(&self.updated_at.to_string()),
+            Some(&body.to_string()),
+        ]);
+    }
+    fn invalid_row(item: &InvalidItem, out: &mut CopyRows) -> bool {
+        id_only_invalid_row(item, out)
+    }
+}
+
+impl Staged for Role {
+    const TABLE: Table = ROLES;
+    fn row(&self, out: &mut CopyRows) {
+        let permissions: Vec<_> = self.permissions.iter().map(permission_json).collect();
+        let body = json!({
+            "id": self.id.as_str(), "key": self.key, "name": self.name, "description": self.description,
+            "permissions": permissions, "created_at": self.created_at, "updated_at": self.updated_at,
+        });
+        out.push(&[
+            Some(self.id.as_str()),
+            Some(&self.updated_at.to_string()),
+            Some(&body.to_string()),
+        ]);
+    }
+    fn invalid_row(item: &InvalidItem, out: &mut CopyRows) -> bool {
+        id_only_invalid_row(item, out)
+    }
+}
+
+/// The version an invitation is written with by the resync: its `updated_at`, else its
+/// `created_at`, else 0 (outranked by any event about it).
+pub(crate) fn invitation_version(i: &Invitation) -> i64 {
+    i.updated_at.or(i.created_at).unwrap_or(0)
+}
+
+impl Staged for Invitation {
+    const TABLE: Table = INVITATIONS;
+    fn row(&self, out: &mut CopyRows) {
+        // Never the `url`: it carries the acceptance token (and the type does not decode it).
+        let body = json!({
+            "id": self.id.as_str(), "organization_id": self.organization_id.as_str(),
+            "email_address": self.email_address, "role": self.role, "role_name": self.role_name,
+            "status": self.status, "user_id": self.user_id.as_ref().map(|u| u.as_str()),
+            "expires_at": self.expires_at, "created_at": self.created_at, "updated_at": self.updated_at,
+        });
+        out.push(&[
+            Some(self.id.as_str()),
+            Some(&invitation_version(self).to_string()),
+            Some(&body.to_string()),
+        ]);
+    }
+    fn invalid_row(item: &InvalidItem, out: &mut CopyRows) -> bool {
+        id_only_invalid_row(item, out)
     }
 }
 

@@ -22,6 +22,7 @@ use std::time::Duration;
 use backon::BackoffBuilder;
 use serde::Deserialize;
 
+mod access;
 mod budget;
 mod response;
 
