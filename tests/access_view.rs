@@ -294,7 +294,7 @@ async fn the_fixtures_sent_in_sequence_build_a_coherent_picture() {
         run(pool, name, fixture_json(name)).await;
     }
     let left: (i64, i64, i64) = sqlx::query_as(
-        "select (select count(*) from role_permissions), (select count(*) from invitations),
+        "select (select count(*) from role_permissions), (select count(*) from invitations where deleted_at is null),
                 (select count(*) from roles where deleted_at is null)",
     )
     .fetch_one(pool)

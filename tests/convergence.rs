@@ -9,9 +9,9 @@
 //! rows (and the `member_permissions` view) are compared with in-order application of the same
 //! events. The same histories then run two more ways, which must end in the same rows: (a) the
 //! consumer alone, one job per batch, in delivery order; (c) a resync alone, from a fake Clerk
-//! API holding the history's final state (live hotels, users and memberships compared: a resync
-//! from nothing has no tombstones to write, and the fake does not list roles, permissions or
-//! invitations yet).
+//! API holding the history's final state (live rows compared, roles, permissions, their sets,
+//! invitations and `member_permissions` included: a resync from nothing has no tombstones to
+//! write).
 //!
 //! Knobs: `ORGSYNC_PROPTEST_CASES` (default 12) and `ORGSYNC_PROPTEST_SEED` (a number; fixed by
 //! default so CI is repeatable).
@@ -78,7 +78,7 @@ async fn snapshot(pool: &PgPool) -> Value {
           'invitations', (select coalesce(jsonb_agg(i order by i.id), '[]') from
                           (select id, hotel_id, email_address, role, role_name, status, user_id, expires_at,
                                   created_at, updated_at, clerk_version
-                           from invitations) i),
+                           from invitations where deleted_at is null) i),
           'member_permissions', (select coalesce(jsonb_agg(v order by v.hotel_id, v.user_id, v.permission), '[]')
                                  from member_permissions v)
         )
@@ -117,17 +117,23 @@ struct Harness {
     quiet: TestDb,
 }
 
-/// Organizations, users and memberships (by hotel and user), each by id.
-type FinalState = (
-    BTreeMap<String, Value>,
-    BTreeMap<String, Value>,
-    BTreeMap<(String, String), Value>,
-);
+/// What Clerk holds at the end of a history, each by id (memberships by hotel and user).
+#[derive(Default)]
+struct FinalState {
+    orgs: BTreeMap<String, Value>,
+    users: BTreeMap<String, Value>,
+    members: BTreeMap<(String, String), Value>,
+    roles: BTreeMap<String, Value>,
+    permissions: BTreeMap<String, Value>,
+    invitations: BTreeMap<String, Value>,
+}
 
-/// What Clerk holds at the end of a history: the last data of every live organization, user and
-/// membership.
+/// What Clerk holds at the end of a history: the last data of every live object. A role embeds
+/// only the permissions that still exist; an invitation is its last data over the earlier (a
+/// revocation carries no dates: Clerk's listing dates it by the revocation).
 fn final_state(events: &[Value]) -> FinalState {
-    let (mut orgs, mut users, mut members) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let mut f = FinalState::default();
+    let (orgs, users, members) = (&mut f.orgs, &mut f.users, &mut f.members);
     for e in events {
         let d = &e["data"];
         let id = d["id"].as_str().unwrap_or_default().to_owned();
@@ -138,6 +144,7 @@ fn final_state(events: &[Value]) -> FinalState {
             "organization.deleted" => {
                 orgs.remove(&id);
                 members.retain(|(o, _): &(String, String), _| *o != id);
+                f.invitations.retain(|_, i| i["organization_id"].as_str() != Some(id.as_str()));
             }
             "user.created" | "user.updated" => {
                 users.insert(id, d.clone());
@@ -146,7 +153,36 @@ fn final_state(events: &[Value]) -> FinalState {
                 users.remove(&id);
                 members.retain(|(_, u): &(String, String), _| *u != id);
             }
-            k if !k.starts_with("organizationMembership.") => {} // not listed by the fake yet
+            "role.created" | "role.updated" => {
+                f.roles.insert(id, d.clone());
+            }
+            "role.deleted" => {
+                f.roles.remove(&id);
+            }
+            "permission.created" | "permission.updated" => {
+                f.permissions.insert(id, d.clone());
+            }
+            "permission.deleted" => {
+                f.permissions.remove(&id);
+                for r in f.roles.values_mut() {
+                    if let Some(ps) = r["permissions"].as_array_mut() {
+                        ps.retain(|p| p["id"].as_str() != Some(id.as_str()));
+                    }
+                }
+            }
+            k if k.starts_with("organizationInvitation.") => {
+                let merged = f.invitations.entry(id).or_insert_with(|| serde_json::json!({}));
+                for (field, value) in d.as_object().unwrap() {
+                    if !value.is_null() {
+                        merged[field] = value.clone();
+                    }
+                }
+                if d.get("updated_at").is_none_or(Value::is_null) {
+                    let at = orgsync::clerk::events::normalize_event_time(e["timestamp"].as_i64().unwrap());
+                    merged["updated_at"] = at.into();
+                }
+            }
+            k if !k.starts_with("organizationMembership.") => {}
             k => {
                 let key = (
                     d["organization"]["id"].as_str().unwrap().to_owned(),
@@ -160,13 +196,16 @@ fn final_state(events: &[Value]) -> FinalState {
             }
         }
     }
-    (orgs, users, members)
+    f
 }
 
 /// The live rows of a [`snapshot`].
 fn live(snapshot: &Value) -> Value {
     serde_json::json!({
         "hotels": snapshot["hotels"], "users": snapshot["users"], "memberships": snapshot["memberships"],
+        "roles": snapshot["roles"], "permissions": snapshot["permissions"],
+        "role_permissions": snapshot["role_permissions"], "invitations": snapshot["invitations"],
+        "member_permissions": snapshot["member_permissions"],
     })
 }
 
@@ -318,10 +357,13 @@ impl Harness {
         // (c) A resync alone, from a fake Clerk holding the final state.
         reset(quiet).await;
         let fake = FakeClerk::start().await;
-        let (orgs, users, members) = final_state(&events);
-        orgs.values().for_each(|o| fake.put_org(o));
-        users.values().for_each(|u| fake.put_user(u));
-        members.values().for_each(|m| fake.put_membership(m));
+        let state = final_state(&events);
+        state.orgs.values().for_each(|o| fake.put_org(o));
+        state.users.values().for_each(|u| fake.put_user(u));
+        state.members.values().for_each(|m| fake.put_membership(m));
+        state.roles.values().for_each(|r| fake.put_role(r));
+        state.permissions.values().for_each(|p| fake.put_permission(p));
+        state.invitations.values().for_each(|i| fake.put_invitation(i));
         resync(quiet, &fake.client(), &ResyncOptions::default())
             .await
             .map_err(|e| format!("resync failed: {e}"))?;

@@ -2,12 +2,13 @@
 //! self-heal of hotels that membership jobs wait for.
 //!
 //! A resync lists every organization, membership, user, role, permission and invitation
-//! ([`listing`]; the last three in [`access`]), streaming each page
-//! into temporary tables on a connection of its own ([`staging`]); Postgres compares them with
-//! the rows ([`plan`], [`confirm`]), and the difference is read back in keyset chunks and
-//! written through the rule book ([`crate::reconcile`], via [`apply`]): the very statements the
-//! consumer uses, so a webhook applied concurrently is never overwritten with older data. The
-//! process holds a few pages and one chunk at a time, however large the instance. A complete run is a snapshot: it records when it listed (by
+//! ([`listing`]), streaming each page into temporary tables on a connection of its own
+//! ([`staging`]); Postgres compares them with the rows ([`plan`], [`confirm`]; roles,
+//! permissions and invitations in [`access`]), and the difference is read back in keyset chunks
+//! and written through the rule book ([`crate::reconcile`], via [`apply`]): the very statements
+//! the consumer uses, so a webhook applied concurrently is never overwritten with older data.
+//! The process holds a few pages and one chunk at a time, however large the instance. A complete
+//! run is a snapshot of hotels, users and memberships: it records when it listed (by
 //! Clerk's clock), and the consumer then treats older events about what it covered as obsolete
 //! ([`crate::reconcile::snapshot`]). The self-heal ([`self_heal`]) is the same for one hotel.
 //!
@@ -15,13 +16,13 @@
 //! 1. Deletes are considered only when every listing completed. A failed listing still applies
 //!    the creates and updates of what was listed (they are safe under newer-wins) and records
 //!    the run as failed.
-//! 2. A row missing from a listing is deleted only if Clerk, asked for it by id, does not have
-//!    it: offset pagination skips items when others are deleted meanwhile, and a tombstone can
+//! 2. A row (of any of the six kinds) missing from a listing is deleted (tombstoned) only if
+//!    Clerk, asked for it by id, does not have it: offset pagination skips items when others are deleted meanwhile, and a tombstone can
 //!    never be undone.
 //! 3. A row written after the listing began (`clerk_version` newer than its start, or changed in
 //!    the change feed since the feed's last id before the listing) is kept.
 //! 4. A run that would delete more than `mass_delete_threshold` of the live hotels writes
-//!    nothing and is recorded as refused, unless `allow_mass_delete`.
+//!    nothing (of any kind) and is recorded as refused, unless `allow_mass_delete`.
 //!
 //! Every run (dry or not) holds a Postgres advisory lock, so one runs at a time across a fleet,
 //! and is recorded in `resync_runs`.
