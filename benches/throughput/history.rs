@@ -190,15 +190,17 @@ impl History {
     fn delete_org(&mut self, i: usize) {
         let id = org_id(i);
         self.push("organization.deleted", |d, _| d["id"] = json!(id));
-        self.expected.hotels.insert(org_id(i), None);
-        self.expected.memberships.retain(|(h, _), _| *h != org_id(i));
+        let id = org_id(i);
+        self.expected.memberships.retain(|(h, _), _| *h != id);
+        self.expected.hotels.insert(id, None);
     }
 
     fn delete_user(&mut self, i: usize) {
         let id = user_id(i);
         self.push("user.deleted", |d, _| d["id"] = json!(id));
-        self.expected.users.insert(user_id(i), None);
-        self.expected.memberships.retain(|(_, u), _| *u != user_id(i));
+        let id = user_id(i);
+        self.expected.memberships.retain(|(_, u), _| *u != id);
+        self.expected.users.insert(id, None);
     }
 
     /// The reconcile phase's history (the same mix and sizes every round, so that its figures

@@ -20,8 +20,8 @@
 //! default 5), `ORGSYNC_BENCH_SCALE` (a factor on the dataset sizes, default 1.0),
 //! `ORGSYNC_BENCH_SCALES` (e.g. `1,5`: the resync phase at each scale, ratios to the first),
 //! `ORGSYNC_BENCH_ONLY` (`ingest`, `reconcile`, `e2e` or `resync`, with the baseline),
-//! `DATABASE_URL` (the server; a database `orgsync_bench` is created on it and dropped at the
-//! end). Every failed check panics, so the bench exits non-zero.
+//! `DATABASE_URL` (the server; databases `orgsync_bench` and `orgsync_bench_resync_<n>` are
+//! created on it and dropped at the end). Every failed check panics, so the bench exits non-zero.
 
 mod baseline;
 mod deliver;
@@ -163,7 +163,7 @@ async fn main() {
         rows.extend(end_to_end::run(&pool, &db_url, scale, baseline).await);
     }
     if run("resync") {
-        rows.extend(resync::run(&pool, &db_url, &scales, baseline).await);
+        rows.extend(resync::run(&admin, &base, &scales, baseline).await);
     }
 
     pool.close().await;

@@ -47,3 +47,24 @@ pub fn rss_kib(pid: u32, field: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// CPU seconds used so far by each Postgres backend serving the database `pool` points at.
+pub async fn backend_cpu(pool: &sqlx::PgPool) -> std::collections::HashMap<i32, f64> {
+    let pids: Vec<i32> = sqlx::query_scalar("select pid from pg_stat_activity where datname = current_database()")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    pids.into_iter().map(|pid| (pid, cpu_seconds(pid as u32).1)).collect()
+}
+
+/// CPU seconds the backends of `after` used since `before` (a backend absent from `before`
+/// started since).
+pub fn backend_cpu_since(
+    before: &std::collections::HashMap<i32, f64>,
+    after: &std::collections::HashMap<i32, f64>,
+) -> f64 {
+    after
+        .iter()
+        .map(|(pid, t)| t - before.get(pid).copied().unwrap_or(0.0))
+        .sum()
+}

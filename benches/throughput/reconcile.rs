@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::history::{with_duplicates, Expected, History};
+use crate::measure::{backend_cpu, backend_cpu_since, cpu_seconds};
 use crate::{truncate, Row};
 
 /// What the phase measured.
@@ -67,21 +68,31 @@ async fn measure(pool: &PgPool, scale: f64) -> Reconcile {
     };
     let described = format!("{} workers, batches of {}", settings.concurrency, settings.batch_size);
     let cancel = CancellationToken::new();
+    println!("reconcile: {n} jobs queued; draining");
+    let backends_before = backend_cpu(pool).await;
+    let cpu_before = cpu_seconds(0);
     let started = Instant::now();
     let runner = tokio::spawn(orgsync::queue::Runner::new(pool.clone(), settings).run(cancel.clone()));
-    loop {
-        let left: i64 = sqlx::query_scalar("select count(*) from jobs where state = 'available'")
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        if left == 0 {
-            break;
-        }
+    // `exists` stops at the first due job: the poll stays cheap while thousands are left.
+    while sqlx::query_scalar::<_, bool>("select exists (select 1 from jobs where state = 'available')")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = cpu_seconds(0);
+    let backends = backend_cpu_since(&backends_before, &backend_cpu(pool).await);
     cancel.cancel();
     runner.await.unwrap();
+    let per = |secs: f64| secs * 1e6 / n as f64;
+    println!(
+        "reconcile: CPU per job: workers {:.0} µs + their Postgres backends {:.0} µs (machine: {:.0} µs in all)",
+        per(cpu_after.2 - cpu_before.2),
+        per(backends),
+        per(cpu_after.0 - cpu_before.0)
+    );
     // Backends report their statistics when idle, at most once a second.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let deadlocks = deadlocks(pool).await - deadlocks_before;

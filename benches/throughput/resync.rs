@@ -3,8 +3,9 @@
 //! (which must write no row). The child is reaped with `wait4`, whose `ru_maxrss` is the peak
 //! resident set of the resync alone (the fake's memory is this process's).
 //!
-//! Each scale gets a schema of its own in the bench database, migrated by `orgsync migrate`
-//! before the clock starts. The child's request budget is raised far above Clerk's (production
+//! Each scale gets a database of its own (orgsync's default schema in it; the other phases
+//! keep theirs in `public`, a layout `orgsync migrate` will not share a database with), migrated
+//! by `orgsync migrate` before the clock starts. The child's request budget is raised far above Clerk's (production
 //! allows 1,000 requests in any 10 s, which alone would take 10 s per 1,000 requests beyond the
 //! first 1,000): the phase
 //! measures the resync's own cost; the request count is printed so that floor can be read off.
@@ -105,7 +106,7 @@ struct Scaled {
     requests: u64,
 }
 
-async fn at_scale(admin: &PgPool, db_url: &str, scale: f64, n: usize) -> Scaled {
+async fn at_scale(admin: &PgPool, server_base: &str, scale: f64, n: usize) -> Scaled {
     let (orgs, users, members) = (
         ((10_000.0 * scale) as usize).max(1),
         ((50_000.0 * scale) as usize).max(1),
@@ -117,15 +118,19 @@ async fn at_scale(admin: &PgPool, db_url: &str, scale: f64, n: usize) -> Scaled 
         "resync: scale {scale}: fake Clerk API holds {orgs} organizations, {members} memberships, {users} users (built in {:.1} s)",
         seeding.elapsed().as_secs_f64()
     );
-    let schema = format!("bench_resync_{n}");
-    sqlx::query(&format!("drop schema if exists {schema} cascade"))
-        .execute(admin)
-        .await
-        .unwrap();
+    let database = format!("orgsync_bench_resync_{n}");
+    let db_url = format!("{server_base}/{database}");
+    for sql in [
+        format!("drop database if exists {database} with (force)"),
+        format!("create database {database}"),
+    ] {
+        sqlx::query(&sql).execute(admin).await.unwrap();
+    }
+    let schema = orgsync::db::DEFAULT_SCHEMA;
     let env = |fake: &FakeClerk| {
         vec![
             ("DATABASE_URL", db_url.to_owned()),
-            ("ORGSYNC_SCHEMA", schema.clone()),
+            ("ORGSYNC_SCHEMA", schema.to_owned()),
             ("CLERK_API_URL", fake.url()),
             ("CLERK_SECRET_KEY", KEY.to_owned()),
             ("CLERK_RATE_LIMIT", RATE_LIMIT.to_owned()),
@@ -133,7 +138,7 @@ async fn at_scale(admin: &PgPool, db_url: &str, scale: f64, n: usize) -> Scaled 
     };
     let migrated = run_child(&["migrate"], env(&fake)).await;
     assert_eq!(migrated.exit, Some(0), "orgsync migrate failed: {}", migrated.stderr);
-    let options = orgsync::db::connect_options(db_url, &schema.parse().unwrap()).unwrap();
+    let options = orgsync::db::connect_options(&db_url, &schema.parse().unwrap()).unwrap();
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .connect_with(options)
@@ -179,7 +184,7 @@ async fn at_scale(admin: &PgPool, db_url: &str, scale: f64, n: usize) -> Scaled 
     }
     pool.close().await;
     fake.stop().await;
-    sqlx::query(&format!("drop schema {schema} cascade"))
+    sqlx::query(&format!("drop database {database} with (force)"))
         .execute(admin)
         .await
         .unwrap();
@@ -193,7 +198,7 @@ async fn at_scale(admin: &PgPool, db_url: &str, scale: f64, n: usize) -> Scaled 
     }
     println!(
         "resync: scale {scale}: {requests} requests per run (Clerk's production budget, 1,000 per 10 s, alone would make it ≥ {} s)",
-        10 * (requests.max(1) - 1) / 1000
+        10 * ((requests.max(1) - 1) / 1000)
     );
     Scaled {
         scale,
@@ -208,10 +213,10 @@ async fn at_scale(admin: &PgPool, db_url: &str, scale: f64, n: usize) -> Scaled 
 
 /// Runs the phase at each of `scales` (the first is the reference of the others' ratios) and
 /// returns its rows.
-pub async fn run(admin: &PgPool, db_url: &str, scales: &[f64], baseline: f64) -> Vec<Row> {
+pub async fn run(admin: &PgPool, server_base: &str, scales: &[f64], baseline: f64) -> Vec<Row> {
     let mut measured: Vec<Scaled> = Vec::new();
     for (n, &scale) in scales.iter().enumerate() {
-        measured.push(at_scale(admin, db_url, scale, n).await);
+        measured.push(at_scale(admin, server_base, scale, n).await);
     }
     let reference = &measured[0];
     let mut rows = Vec::new();
