@@ -130,7 +130,7 @@ async fn batches_that_delete_wait_for_each_other() {
             let pool = db.pool.clone();
             async move { run_batch(&pool, &settings()).await.unwrap() }
         });
-        wait_for_lock_waiters(&db.pool, "orgsync", 1).await;
+        wait_for_lock_waiters(&db.pool, "orgsync-test", 1).await;
         assert!(
             !batch.is_finished(),
             "the batch waits while another batch that deletes runs"
