@@ -214,9 +214,16 @@ struct Paging {
     ascending: bool,
 }
 
-fn paging(params: &[(String, String)]) -> Result<Paging, Response> {
+/// Err is the answer to an invalid parameter.
+fn paging(params: &[(String, String)]) -> Result<Paging, Box<Response>> {
     let one = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-    let invalid = |m: &str| Err(error(StatusCode::UNPROCESSABLE_ENTITY, m, "form_param_invalid"));
+    let invalid = |m: &str| {
+        Err(Box::new(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            m,
+            "form_param_invalid",
+        )))
+    };
     let limit = match one("limit").map(str::parse::<usize>) {
         None => 10,
         Some(Ok(n)) if (1..=500).contains(&n) => n,
@@ -296,7 +303,7 @@ async fn answer(State(s): State<Shared>, uri: Uri, headers: HeaderMap, RawQuery(
                 page(objects, members.iter().copied(), &p),
                 members.len()
             )),
-            Err(r) => r,
+            Err(r) => *r,
         }
     };
     let not_found = || error(StatusCode::NOT_FOUND, "Resource not found", "resource_not_found");
@@ -343,7 +350,7 @@ async fn answer(State(s): State<Shared>, uri: Uri, headers: HeaderMap, RawQuery(
             }
             let p = match paging(&params) {
                 Ok(p) => p,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             let after = params.iter().find(|(k, _)| k == "starting_after").map(|(_, v)| v);
             match after {

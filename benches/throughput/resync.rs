@@ -49,6 +49,8 @@ async fn run_child(args: &[&str], env: Vec<(&'static str, String)>) -> ChildRun 
             command.env(k, v);
         }
         let started = Instant::now();
+        // Reaped below with wait4 (std's wait would not give the child's rusage).
+        #[allow(clippy::zombie_processes)]
         let mut child = command.spawn().expect("orgsync binary starts");
         let drain = |mut pipe: Box<dyn Read + Send>| {
             std::thread::spawn(move || {
