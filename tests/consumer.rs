@@ -468,7 +468,9 @@ async fn retry_bookkeeping_commits_with_the_release_of_the_lock() {
     let db = TestDb::new().await;
     let pool = db.pool.clone();
     let mut s = fast_workers();
+    // A retry well in the future (the cap too: fast_workers caps delays at 200 ms).
     s.retry_base = Duration::from_secs(30);
+    s.retry_cap = Duration::from_secs(60);
     insert_job(
         &pool,
         "m",

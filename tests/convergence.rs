@@ -144,7 +144,8 @@ fn final_state(events: &[Value]) -> FinalState {
             "organization.deleted" => {
                 orgs.remove(&id);
                 members.retain(|(o, _): &(String, String), _| *o != id);
-                f.invitations.retain(|_, i| i["organization_id"].as_str() != Some(id.as_str()));
+                f.invitations
+                    .retain(|_, i| i["organization_id"].as_str() != Some(id.as_str()));
             }
             "user.created" | "user.updated" => {
                 users.insert(id, d.clone());

@@ -384,16 +384,23 @@ async fn an_invitation_waits_for_its_hotel_and_is_woken_by_it() {
     assert_eq!(job_state(pool, "inv").await.0, "done");
     assert_eq!(invitation_row(pool, I).await, Some(("pending".into(), T0 + 10, true)));
 
-    // The hotel is deleted: its invitations go with it, and later news of them is obsolete.
+    // The hotel is deleted: its invitations are tombstoned with it (the row stays, unchanged but
+    // for deleted_at), and later news of them is obsolete.
     run(pool, &[("del", organization_deleted(H, T0 + 100))]).await;
-    assert_eq!(invitation_row(pool, I).await, None);
+    assert_eq!(invitation_row(pool, I).await, Some(("pending".into(), T0 + 10, true)));
+    let tombstoned: bool = sqlx::query_scalar("select deleted_at is not null from invitations where id = $1")
+        .bind(I)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!(tombstoned);
     let mut accepted = created.clone();
     accepted["type"] = "organizationInvitation.accepted".into();
     accepted["data"]["status"] = "accepted".into();
     accepted["data"]["updated_at"] = (T0 + 20).into();
     run(pool, &[("late", accepted)]).await;
     assert_eq!(job_state(pool, "late").await.0, "done");
-    assert_eq!(invitation_row(pool, I).await, None);
+    assert_eq!(invitation_row(pool, I).await, Some(("pending".into(), T0 + 10, true)));
 }
 
 #[tokio::test(flavor = "multi_thread")]

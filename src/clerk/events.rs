@@ -4,7 +4,7 @@
 //! decoded, so that Clerk adding fields (or a user filling `unsafe_metadata` with anything)
 //! never breaks ingestion. Text fields get the treatment of `clerk::row_text`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ids::{HotelId, InvitationId, PermissionId, RoleId, UserId};
@@ -28,7 +28,7 @@ pub fn normalize_event_time(raw: i64) -> Millis {
 }
 
 /// A Clerk organization (webhook `data` or Backend API object).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Organization {
     pub id: HotelId,
     #[serde(deserialize_with = "text")]
@@ -43,7 +43,7 @@ pub struct Organization {
     pub updated_at: Millis,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct EmailAddress {
     #[serde(deserialize_with = "text")]
     pub id: String,
@@ -52,7 +52,7 @@ pub struct EmailAddress {
 }
 
 /// A Clerk user (webhook `data` or Backend API object).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct User {
     pub id: UserId,
     #[serde(default, deserialize_with = "optional_text")]
@@ -92,13 +92,13 @@ impl User {
 }
 
 /// The organization embedded in a membership; only its id matters to orgsync.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct OrganizationRef {
     pub id: HotelId,
 }
 
 /// The user summary embedded in a membership, used to create a user stub.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct PublicUserData {
     pub user_id: UserId,
     #[serde(default, deserialize_with = "optional_text")]
@@ -113,7 +113,7 @@ pub struct PublicUserData {
 }
 
 /// A Clerk organization membership (webhook `data` or Backend API object).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Membership {
     #[serde(deserialize_with = "text")]
     pub id: String,
@@ -132,7 +132,7 @@ pub struct Membership {
 }
 
 /// A Clerk organization permission (webhook `data`, or embedded in a role).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Permission {
     pub id: PermissionId,
     #[serde(deserialize_with = "non_empty_text")]
@@ -149,7 +149,7 @@ pub struct Permission {
 }
 
 /// A Clerk organization role with its full permission set (webhook `data`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Role {
     pub id: RoleId,
     /// Normalised like a membership's role (see [`normalize_role`]).
@@ -167,7 +167,7 @@ pub struct Role {
 
 /// A Clerk organization invitation (webhook `data`). Its `url` is never decoded: it carries the
 /// acceptance token.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Invitation {
     pub id: InvitationId,
     pub organization_id: HotelId,

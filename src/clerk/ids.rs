@@ -31,7 +31,7 @@ fn parse_id(what: &'static str, prefix: &'static str, value: &str) -> Result<Str
 macro_rules! clerk_id {
     ($(#[$doc:meta])* $name:ident, $what:literal, $prefix:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
         pub struct $name(String);
 
         impl $name {

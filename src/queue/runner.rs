@@ -4,6 +4,9 @@
 //! - the batch is applied through the rule book ([`crate::reconcile`]) a kind at a time, a few
 //!   statements per batch; a database error reruns it with one savepoint per job, so a failing
 //!   job rolls back only its own effect;
+//! - membership jobs and user deletes never share a batch (the younger kind is left for the next
+//!   one, see [`deferred_kind`]), and batches that delete run one at a time ([`DELETES_LOCK`]):
+//!   otherwise two workers could deadlock;
 //! - success marks the job `done`, failure writes its retry bookkeeping (attempts, next run,
 //!   error, the hotel it waits for), in one statement of that same transaction, so the effect and
 //!   the bookkeeping commit together;
@@ -69,6 +72,9 @@ pub struct BatchReport {
     pub done: usize,
     pub retried: usize,
     pub dead: usize,
+    /// Claimed but left untouched for a later batch (see [`deferred_kind`]): still `available`,
+    /// attempts unchanged.
+    pub deferred: usize,
     /// Hotels that retryable membership jobs are waiting for (candidates for self-heal).
     pub missing_hotels: Vec<(HotelId, i32)>,
 }
@@ -208,6 +214,73 @@ enum Fate {
     Permanent(String),
     /// May apply later.
     Retry(ApplyError),
+    /// Left for a later batch, untouched (see [`deferred_kind`]).
+    Deferred,
+}
+
+/// The advisory lock (class "orgd", key 0) a batch that deletes hotels or users holds, waiting
+/// for it, from before its first write to its end: such batches run one at a time.
+///
+/// Why: a user delete ends that user's memberships in every hotel, a hotel delete every
+/// membership of that hotel. Two such batches meeting on the same memberships lock those rows in
+/// whatever order their scans reach them, and each may hold a row the other waits for; or a
+/// hotel delete holds a membership row the user delete waits for while its own batch waits for
+/// that user (`FOR KEY SHARE`, for its memberships). Either is a deadlock, broken by Postgres
+/// only after `deadlock_timeout` (1 s) by aborting a batch. Deletes are rare, so waiting for the
+/// one batch ahead costs little. The wait cannot close a cycle: the holder never waits for what a
+/// waiter holds (its advisory entity locks, the job rows it claimed).
+const DELETES_LOCK: (i32, i32) = (0x6f72_6764, 0);
+
+/// True for the events whose batches take [`DELETES_LOCK`].
+fn deletes(event: &ClerkEvent) -> bool {
+    matches!(
+        event,
+        ClerkEvent::UserDeleted { .. } | ClerkEvent::OrganizationDeleted { .. }
+    )
+}
+
+/// The kinds of job that must not share a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Conflicting {
+    UserDelete,
+    Membership,
+}
+
+impl Conflicting {
+    fn of(event: &ClerkEvent) -> Option<Self> {
+        match event {
+            ClerkEvent::UserDeleted { .. } => Some(Self::UserDelete),
+            ClerkEvent::MembershipUpserted(_) | ClerkEvent::MembershipDeleted { .. } => Some(Self::Membership),
+            _ => None,
+        }
+    }
+}
+
+/// Membership jobs and user deletes never share a batch; this names the kind a batch leaves for
+/// later, if any. `events` are in claim order (oldest first).
+///
+/// Why: a batch with a user delete first locks `FOR UPDATE`, in one ordered statement, every
+/// user it names, the users of its memberships included. Those are not the batch's own entities
+/// (a membership job belongs to its hotel), so another worker may hold one of them — `FOR KEY
+/// SHARE` for its own memberships, or updated by its own user events — while it waits for a user
+/// this batch has already locked: a deadlock, which Postgres breaks only after `deadlock_timeout`
+/// (1 s) by aborting one of the batches. Without memberships, a batch with user deletes locks only
+/// users whose jobs it holds (their advisory locks keep every other worker off them), and every
+/// other locker takes its user locks in id order in one statement, so no cycle can form.
+///
+/// When a claim holds both kinds, the kind of the oldest of them is applied and the other is left
+/// untouched, claimable again once this transaction ends. The oldest job always applies, so
+/// neither kind starves.
+fn deferred_kind<'a>(events: impl IntoIterator<Item = &'a ClerkEvent>) -> Option<Conflicting> {
+    let mut first: Option<Conflicting> = None;
+    for kind in events.into_iter().filter_map(Conflicting::of) {
+        match first {
+            None => first = Some(kind),
+            Some(f) if f != kind => return Some(kind),
+            Some(_) => {}
+        }
+    }
+    None
 }
 
 async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, isolated: bool) -> Result<BatchReport, BatchError> {
@@ -262,6 +335,22 @@ async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, isolated: bool
             Err(e) => fates.push(Some(Fate::Permanent(e.to_string()))),
         }
     }
+    if let Some(later) = deferred_kind(events.iter().map(|(_, e)| e)) {
+        events.retain(|(i, e)| {
+            let defer = Conflicting::of(e) == Some(later);
+            if defer {
+                fates[*i] = Some(Fate::Deferred);
+            }
+            !defer
+        });
+    }
+    if events.iter().any(|(_, e)| deletes(e)) {
+        sqlx::query("select pg_advisory_xact_lock($1, $2)")
+            .bind(DELETES_LOCK.0)
+            .bind(DELETES_LOCK.1)
+            .execute(&mut *tx)
+            .await?;
+    }
     reconcile::begin(&mut tx, reconcile::Source::Webhook).await?;
     if !isolated {
         let items: Vec<_> = events
@@ -295,6 +384,10 @@ async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, isolated: bool
 
     let mut book = Bookkeeping::default();
     for (job, fate) in jobs.iter().zip(fates) {
+        if matches!(fate, Some(Fate::Deferred)) {
+            report.deferred += 1;
+            continue;
+        }
         let attempt = job.attempts + 1;
         let span = tracing::info_span!("job", job_id = job.id, event_id = %job.event_id, event_type = %job.event_type, attempt);
         let _enter = span.enter();
@@ -307,6 +400,7 @@ async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, isolated: bool
             other => other,
         };
         let outcome = match fate {
+            Fate::Deferred => unreachable!("deferred jobs are passed over above"),
             Fate::Applied(applied) => {
                 tracing::debug!(?applied, "applied");
                 book.push(job.id, "done", None, None, None);

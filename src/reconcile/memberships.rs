@@ -236,8 +236,14 @@ async fn write(
                     and memberships.deleted_at is distinct from
                         least(coalesce(memberships.deleted_at, excluded.deleted_at), excluded.deleted_at))
             returning hotel_id, user_id
+        ),
+        -- The written keys as one jsonb object looked up per item: CTE results have no
+        -- statistics, so a join of two of them is planned as a nested loop, quadratic in the
+        -- batch (0.5 s for 2,000 items); a jsonb key lookup is a binary search.
+        written_keys as (
+            select coalesce(jsonb_object_agg(hotel_id || '/' || user_id, true), '{}') as keys from written
         )
-        select nw.n as "n!" from newest nw join written w using (hotel_id, user_id)
+        select nw.n as "n!" from newest nw, written_keys w where w.keys ? (nw.hotel_id || '/' || nw.user_id)
         "#,
         &hotels,
         &users,

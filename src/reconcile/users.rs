@@ -65,14 +65,20 @@ pub async fn upsert(
             -- newer wins (a stub is version 0); tombstones are final
             where users.deleted_at is null and users.clerk_version < excluded.clerk_version
             returning id
+        ),
+        -- Which item of each id was written, as one jsonb object looked up per item: CTE results
+        -- have no statistics, so a join of two of them is planned as a nested loop, quadratic in
+        -- the batch (0.5 s for 2,000 items); a jsonb key lookup is a binary search.
+        won as (
+            select coalesce(jsonb_object_agg(nw.id, nw.n), '{}') as n_of
+            from newest nw, (select coalesce(jsonb_object_agg(id, true), '{}') as ids from written) w
+            where w.ids ? nw.id
         )
         select x.n as "n!",
-               case when w.id is not null and nw.n = x.n then 'written'
+               case when (won.n_of ->> x.id)::int8 = x.n then 'written'
                     when x.clerk_version < mark.listed_at then 'obsolete'
                     else 'unchanged' end as "outcome!"
-        from input x cross join mark
-        left join newest nw on nw.id = x.id
-        left join written w on w.id = x.id
+        from input x cross join mark cross join won
         order by x.n
         "#,
         &ids as &[&str],

@@ -1,0 +1,192 @@
+//! orgsync's throughput benchmark: `cargo bench --bench throughput`.
+//!
+//! One run, against the local Postgres, prints a table of figures and of their ratios to a
+//! baseline measured in the same run (these machines are noisy; ratios travel better):
+//!
+//! 1. baseline ([`baseline`]): durable single-row INSERTs of an event-sized JSONB row into a copy
+//!    of `jobs` as first defined, one commit each, from 64 concurrent connections (the naive
+//!    per-webhook commit limit);
+//! 2. ingest ([`ingest`]): signed Clerk webhooks accepted by the real `orgsync serve` binary
+//!    (receiver only) over loopback from 64 concurrent connections, latency at a fixed load, and
+//!    the receiver's peak RSS;
+//! 3. reconcile ([`reconcile`]): events per second drained from a pre-filled job table (a
+//!    realistic history with duplicates and out-of-order deliveries) into rows, and deadlocks;
+//! 4. end to end ([`end_to_end`]): a shuffled burst with duplicate deliveries posted to the real
+//!    `orgsync serve` with its workers, timed until the rows are the history's final state;
+//! 5. resync ([`resync`]): the real `orgsync resync` against a fake Clerk API, from empty and
+//!    unchanged, with the child's own peak RSS, at one or more scales.
+//!
+//! Knobs: `ORGSYNC_BENCH_SECONDS` (length of each timed phase of the baseline and ingest,
+//! default 5), `ORGSYNC_BENCH_SCALE` (a factor on the dataset sizes, default 1.0),
+//! `ORGSYNC_BENCH_SCALES` (e.g. `1,5`: the resync phase at each scale, ratios to the first),
+//! `ORGSYNC_BENCH_ONLY` (`ingest`, `reconcile`, `e2e` or `resync`, with the baseline),
+//! `DATABASE_URL` (the server; databases `orgsync_bench` and `orgsync_bench_resync_<n>` are
+//! created on it and dropped at the end). Every failed check panics, so the bench exits non-zero.
+
+mod baseline;
+mod deliver;
+mod end_to_end;
+mod fake_clerk;
+mod history;
+mod ingest;
+mod measure;
+mod reconcile;
+mod resync;
+mod serve;
+
+use std::time::Duration;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+/// Concurrent connections of the baseline and of the load generators.
+pub const CONCURRENCY: usize = 64;
+
+/// One line of the table.
+pub struct Row {
+    what: String,
+    figure: String,
+    ratio: String,
+    target: String,
+}
+
+impl Row {
+    pub fn new(
+        what: impl Into<String>,
+        figure: impl Into<String>,
+        ratio: impl Into<String>,
+        target: impl Into<String>,
+    ) -> Self {
+        Self {
+            what: what.into(),
+            figure: figure.into(),
+            ratio: ratio.into(),
+            target: target.into(),
+        }
+    }
+}
+
+/// Empties the job and domain tables (and what refers to them).
+pub async fn truncate(pool: &PgPool) {
+    sqlx::query("truncate jobs, memberships, hotels, users, changes, snapshot_marks restart identity cascade")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+fn env_f64(name: &str, default: f64) -> f64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// `ORGSYNC_BENCH_SCALES` (comma-separated factors), else `[scale]`.
+fn resync_scales(scale: f64) -> Vec<f64> {
+    let listed: Vec<f64> = std::env::var("ORGSYNC_BENCH_SCALES")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .filter(|s: &f64| *s > 0.0)
+        .collect();
+    if listed.is_empty() {
+        vec![scale]
+    } else {
+        listed
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes `--bench`; nothing else is expected.
+    let seconds = env_f64("ORGSYNC_BENCH_SECONDS", 5.0);
+    let scale = env_f64("ORGSYNC_BENCH_SCALE", 1.0);
+    let scales = resync_scales(scale);
+    let phase = Duration::from_secs_f64(seconds);
+    let server = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let base = server.rsplit_once('/').unwrap().0.to_owned();
+    let db_url = format!("{base}/orgsync_bench");
+    let admin = PgPool::connect(&server)
+        .await
+        .expect("Postgres reachable at DATABASE_URL");
+    sqlx::query("drop database if exists orgsync_bench with (force)")
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("create database orgsync_bench")
+        .execute(&admin)
+        .await
+        .unwrap();
+    // No ping before each acquire: the baseline is one round trip per insert, as a plain client.
+    let pool = PgPoolOptions::new()
+        .max_connections(CONCURRENCY as u32 + 4)
+        .test_before_acquire(false)
+        .connect(&db_url)
+        .await
+        .unwrap();
+    orgsync::db::MIGRATOR.run(&pool).await.unwrap();
+    let pg_version: String = sqlx::query_scalar("select version()").fetch_one(&pool).await.unwrap();
+    let sync_commit: String = sqlx::query_scalar("show synchronous_commit")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("orgsync throughput benchmark");
+    println!(
+        "machine: {cores} cores; {}",
+        pg_version.split(',').next().unwrap_or(&pg_version)
+    );
+    println!("postgres: synchronous_commit={sync_commit} (every commit below is durable)");
+    println!(
+        "phases of {seconds} s; {CONCURRENCY} concurrent connections; dataset scale {scale}; resync scales {scales:?}"
+    );
+    println!();
+
+    // ORGSYNC_BENCH_ONLY=ingest|reconcile|e2e|resync runs the baseline and that phase alone.
+    let only = std::env::var("ORGSYNC_BENCH_ONLY").unwrap_or_default();
+    let run = |name: &str| only.is_empty() || only == name;
+    let mut rows = Vec::new();
+
+    let baseline = baseline::run(&pool, &db_url, phase).await;
+    truncate(&pool).await;
+    rows.push(Row::new(
+        "baseline: single-row durable INSERTs/s",
+        format!("{baseline:.0}/s"),
+        "1.00×",
+        "",
+    ));
+    if run("ingest") {
+        rows.extend(ingest::run(&db_url, phase, baseline).await);
+        truncate(&pool).await;
+    }
+    if run("reconcile") {
+        rows.extend(reconcile::run(&pool, scale, baseline).await);
+    }
+    if run("e2e") {
+        rows.extend(end_to_end::run(&pool, &db_url, scale, baseline).await);
+    }
+    if run("resync") {
+        rows.extend(resync::run(&admin, &base, &scales, baseline).await);
+    }
+
+    pool.close().await;
+    sqlx::query("drop database if exists orgsync_bench with (force)")
+        .execute(&admin)
+        .await
+        .unwrap();
+    print_table(&rows);
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    let w = rows.iter().map(|r| r.what.chars().count()).max().unwrap_or(10);
+    let f = rows.iter().map(|r| r.figure.chars().count()).max().unwrap_or(10);
+    println!("| {:w$} | {:f$} | {:>9} | target |", "measure", "figure", "× base");
+    println!(
+        "|{}|{}|{}|{}|",
+        "-".repeat(w + 2),
+        "-".repeat(f + 2),
+        "-".repeat(11),
+        "-".repeat(18)
+    );
+    for r in rows {
+        println!("| {:w$} | {:f$} | {:>9} | {} |", r.what, r.figure, r.ratio, r.target);
+    }
+}

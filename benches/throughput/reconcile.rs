@@ -1,0 +1,129 @@
+//! Reconcile: how fast the consumer drains a pre-filled job table (a realistic history with
+//! duplicates and out-of-order deliveries) into rows, in this process, with the library's
+//! [`orgsync::queue::Runner`]. The rows must then be the history's.
+
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::history::{with_duplicates, Expected, History};
+use crate::measure::{backend_cpu, backend_cpu_since, cpu_seconds};
+use crate::{truncate, Row};
+
+/// What the phase measured.
+pub struct Reconcile {
+    pub rate: f64,
+    pub jobs: usize,
+    pub deadlocks: i64,
+    pub settings: String,
+}
+
+/// Fills the job table, drains it, checks the rows, and returns the phase's row.
+pub async fn run(pool: &PgPool, scale: f64, baseline: f64) -> Vec<Row> {
+    let r = measure(pool, scale).await;
+    vec![Row::new(
+        format!("reconcile: events/s ({} jobs; {}), deadlocks", r.jobs, r.settings),
+        format!("{:.0}/s, {} deadlocks", r.rate, r.deadlocks),
+        format!("{:.2}×", r.rate / baseline),
+        "≥ 2.0× baseline, 0 deadlocks",
+    )]
+}
+
+async fn measure(pool: &PgPool, scale: f64) -> Reconcile {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let history = History::reconcile_mix(scale, &mut rng);
+    // 5% duplicates (distinct deliveries of the same event), then out of order: shuffled within
+    // windows of 200 deliveries (so some memberships arrive before their hotel and must retry).
+    let mut events = with_duplicates(history.events, 0.05, &mut rng);
+    for chunk in events.chunks_mut(200) {
+        chunk.shuffle(&mut rng);
+    }
+    let n = events.len();
+    let ids: Vec<String> = (0..n).map(|i| format!("msg_rec_{i}")).collect();
+    let types: Vec<String> = events.iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect();
+    let payloads: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+    sqlx::query(
+        "insert into jobs (event_id, event_type, payload)
+         select * from unnest($1::text[], $2::text[], $3::text[]::json[])",
+    )
+    .bind(&ids)
+    .bind(&types)
+    .bind(&payloads)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("vacuum analyze jobs").execute(pool).await.unwrap();
+    let deadlocks_before = deadlocks(pool).await;
+
+    let settings = orgsync::queue::WorkerSettings {
+        concurrency: 4,
+        batch_size: 200,
+        retry_base: Duration::from_millis(10),
+        retry_cap: Duration::from_millis(100),
+        poll_interval: Duration::from_millis(10),
+        ..Default::default()
+    };
+    let described = format!("{} workers, batches of {}", settings.concurrency, settings.batch_size);
+    let cancel = CancellationToken::new();
+    println!("reconcile: {n} jobs queued; draining");
+    let backends_before = backend_cpu(pool).await;
+    let cpu_before = cpu_seconds(0);
+    let started = Instant::now();
+    let runner = tokio::spawn(orgsync::queue::Runner::new(pool.clone(), settings).run(cancel.clone()));
+    // `exists` stops at the first due job: the poll stays cheap while thousands are left.
+    while sqlx::query_scalar::<_, bool>("select exists (select 1 from jobs where state = 'available')")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = cpu_seconds(0);
+    let backends = backend_cpu_since(&backends_before, &backend_cpu(pool).await);
+    cancel.cancel();
+    runner.await.unwrap();
+    let per = |secs: f64| secs * 1e6 / n as f64;
+    println!(
+        "reconcile: CPU per job: workers {:.0} µs + their Postgres backends {:.0} µs (machine: {:.0} µs in all)",
+        per(cpu_after.2 - cpu_before.2),
+        per(backends),
+        per(cpu_after.0 - cpu_before.0)
+    );
+    // Backends report their statistics when idle, at most once a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let deadlocks = deadlocks(pool).await - deadlocks_before;
+    let (retried, dead): (i64, i64) =
+        sqlx::query_as("select count(*) filter (where attempts > 1), count(*) filter (where state = 'dead') from jobs")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    println!(
+        "reconcile: {n} jobs in {elapsed:.2} s; {deadlocks} deadlocks, {retried} jobs needed more than one attempt"
+    );
+    assert_eq!(dead, 0, "no job of the benchmark history should dead-letter");
+    let rows = Expected::read(pool).await.unwrap();
+    assert!(
+        rows == history.expected,
+        "the rows are not the history's: {}",
+        rows.difference(&history.expected)
+    );
+    truncate(pool).await;
+    Reconcile {
+        rate: n as f64 / elapsed,
+        jobs: n,
+        deadlocks,
+        settings: described,
+    }
+}
+
+/// Deadlocks Postgres counted in this database so far.
+pub async fn deadlocks(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("select deadlocks from pg_stat_database where datname = current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
