@@ -324,6 +324,13 @@ async fn write_events(
     }
 }
 
+/// An inferred delete of the rule book: (transaction, ids, listing start) → the ids tombstoned.
+type InferredDelete = for<'c> fn(
+    &'c mut PgConnection,
+    &'c [&'c str],
+    i64,
+) -> futures::future::BoxFuture<'c, Result<Vec<String>, sqlx::Error>>;
+
 /// Writes confirmed deletes of `gone` in chunks with `delete` (an inferred delete of the rule
 /// book), dated `started_ms`.
 async fn write_deletes(
@@ -333,11 +340,7 @@ async fn write_deletes(
     chunk: i64,
     started_ms: Millis,
     changes: &mut Changes,
-    delete: for<'c> fn(
-        &'c mut PgConnection,
-        &'c [&'c str],
-        i64,
-    ) -> futures::future::BoxFuture<'c, Result<Vec<String>, sqlx::Error>>,
+    delete: InferredDelete,
 ) -> Result<(), sqlx::Error> {
     let mut after = String::new();
     loop {
