@@ -429,3 +429,23 @@ async fn a_deleted_hotel_tombstones_its_invitations_for_good() {
         .unwrap();
     assert_eq!((status.as_str(), v), ("pending", version));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_confirmation_by_id_deletes_nothing() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
+    let fake = fake_with_access().await;
+    resync(&pool, &fake.client(), &opts()).await.unwrap();
+    fake.delete_permission(WRITE);
+    fake.delete_role(MANAGER);
+    // The permission is confirmed gone; asking for the role fails.
+    fake.fail(Failure::new(&format!("/v1/organization_roles/{MANAGER}"), 500));
+    let err = resync(&pool, &fake.client(), &opts()).await.unwrap_err();
+    let ResyncError::Incomplete { report, .. } = err else {
+        panic!("{err}")
+    };
+    assert_eq!(fake.requests(&format!("/v1/organization_permissions/{WRITE}")), 1);
+    assert!(report.permissions.deleted.is_empty(), "{:?}", report.to_json(true));
+    assert_eq!(deleted(&pool, "permissions", WRITE).await, Some(false));
+    assert_eq!(deleted(&pool, "roles", MANAGER).await, Some(false));
+}
