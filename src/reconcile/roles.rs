@@ -174,14 +174,20 @@ pub async fn upsert(conn: &mut PgConnection, items: &[Item<&Role>]) -> Result<Ve
             -- newer wins; tombstones are final
             where roles.deleted_at is null and roles.clerk_version < excluded.clerk_version
             returning id
-        )
+        ),
+        -- The written ids as one jsonb object looked up per item: CTE results have no statistics,
+        -- so a join of two of them is planned as a nested loop, quadratic in the batch.
+        won as (
+            select coalesce(jsonb_object_agg(nw.id, nw.n), '{}') as n_of
+            from newest nw, (select coalesce(jsonb_object_agg(id, true), '{}') as ids from written) w
+            where w.ids ? nw.id
+        ),
+        newest_n as (select coalesce(jsonb_object_agg(id, n), '{}') as n_of from newest)
         select x.n as "n!",
-               case when w.id is not null and nw.n = x.n then 'written'
-                    when nw.n = x.n and x.n in (select n from blocked) then 'blocked'
+               case when (won.n_of ->> x.id)::int8 = x.n then 'written'
+                    when (newest_n.n_of ->> x.id)::int8 = x.n and x.n in (select n from blocked) then 'blocked'
                     else 'unchanged' end as "outcome!"
-        from input x
-        left join newest nw on nw.id = x.id
-        left join written w on w.id = x.id
+        from input x cross join won cross join newest_n
         order by x.n
         "#,
         &ids as &[&str],
