@@ -61,6 +61,24 @@ async fn run_child(args: &[&str], env: Vec<(&'static str, String)>) -> ChildRun 
         };
         let stdout = drain(Box::new(child.stdout.take().unwrap()));
         let stderr = drain(Box::new(child.stderr.take().unwrap()));
+        // The peak RSS of the child's own image, sampled from /proc: wait4's `ru_maxrss` is no
+        // use here, because exec records the peak of the address space it replaces, and a
+        // child spawned with vfork semantics (as std does) replaces the bench's own.
+        let peak = {
+            let pid = child.id();
+            std::thread::spawn(move || {
+                let mut peak_kib = 0u64;
+                while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                    let Some(hwm) = status.lines().find_map(|l| l.strip_prefix("VmHWM:")) else {
+                        break; // a zombie: it has exited
+                    };
+                    let kib = hwm.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+                    peak_kib = peak_kib.max(kib);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                peak_kib
+            })
+        };
         let mut status: libc::c_int = 0;
         // SAFETY: `rusage` is plain data that wait4 fills; the pid is our child, not yet reaped
         // (std's `Child` is never waited on, so nothing else reaps it).
@@ -73,7 +91,7 @@ async fn run_child(args: &[&str], env: Vec<(&'static str, String)>) -> ChildRun 
         ChildRun {
             elapsed,
             exit,
-            peak_rss_kib: usage.ru_maxrss as u64, // KiB on Linux
+            peak_rss_kib: peak.join().unwrap(),
             cpu: time(usage.ru_utime) + time(usage.ru_stime),
             stdout: stdout.join().unwrap(),
             stderr: stderr.join().unwrap(),
