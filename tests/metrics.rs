@@ -289,6 +289,14 @@ async fn metrics_parse_and_move_when_events_are_processed() {
         202
     );
     assert_eq!(app.deliver("msg_user", &fixture("user.created")).await.status(), 202);
+    // The types of roles, permissions and invitations are counted like the others.
+    assert_eq!(app.deliver("msg_role", &fixture("role.created")).await.status(), 202);
+    assert_eq!(
+        app.deliver("msg_invite", &fixture("organizationInvitation.created"))
+            .await
+            .status(),
+        202
+    );
     assert_eq!(
         app.deliver("msg_org", &fixture("organization.created")).await.status(),
         200
@@ -300,7 +308,7 @@ async fn metrics_parse_and_move_when_events_are_processed() {
     assert_eq!(refused.status(), 401);
     wait_until(
         &pool,
-        "select count(*) = 2 from jobs where state = 'done'",
+        "select count(*) = 4 from jobs where state = 'done'",
         Duration::from_secs(10),
     )
     .await;
@@ -308,7 +316,7 @@ async fn metrics_parse_and_move_when_events_are_processed() {
     let after = scrape(&app.client, &base).await;
     let delta = |name: &str, labels: &[(&str, &str)]| after.count(name, labels) - before.count(name, labels);
     let deliveries = "orgsync_webhook_deliveries_total";
-    assert_eq!(delta(deliveries, &[("outcome", "accepted")]), 2.0);
+    assert_eq!(delta(deliveries, &[("outcome", "accepted")]), 4.0);
     assert_eq!(delta(deliveries, &[("outcome", "duplicate")]), 1.0);
     assert_eq!(
         delta(deliveries, &[("outcome", "rejected"), ("reason", "bad_signature")]),
@@ -320,6 +328,14 @@ async fn metrics_parse_and_move_when_events_are_processed() {
         1.0
     );
     assert_eq!(delta(processed, &[("type", "user.created"), ("outcome", "done")]), 1.0);
+    assert_eq!(delta(processed, &[("type", "role.created"), ("outcome", "done")]), 1.0);
+    assert_eq!(
+        delta(
+            processed,
+            &[("type", "organizationInvitation.created"), ("outcome", "done")]
+        ),
+        1.0
+    );
     assert_eq!(
         delta("orgsync_job_duration_seconds_count", &[("type", "user.created")]),
         1.0
@@ -327,7 +343,7 @@ async fn metrics_parse_and_move_when_events_are_processed() {
     assert!(delta("orgsync_ingest_batch_size_count", &[]) >= 1.0);
 
     // The gauges describe this database's job table.
-    assert_eq!(after.value("orgsync_jobs", &[("state", "done")]), Some(2.0));
+    assert_eq!(after.value("orgsync_jobs", &[("state", "done")]), Some(4.0));
     for state in ["available", "dead", "skipped"] {
         assert_eq!(after.value("orgsync_jobs", &[("state", state)]), Some(0.0), "{state}");
     }
