@@ -36,11 +36,14 @@ use orgsync::clerk::api::ClerkConfig;
 use orgsync::clerk::api::{ClerkClient, RetryPolicy};
 use serde_json::{json, Value};
 
+use params::Params;
+
 /// The secret key the fake accepts.
 pub const KEY: &str = "sk_test_fakeclerk0000000000000000";
 
 mod access;
 mod builders;
+mod params;
 #[allow(unused_imports)]
 pub use access::{invitation, permission, role};
 pub use builders::{membership, org, user};
@@ -445,91 +448,10 @@ fn json_response(body: String) -> Response {
     (StatusCode::OK, [("content-type", "application/json")], body).into_response()
 }
 
-/// `a=1&b=x%2By&b=z` → pairs, decoded as `application/x-www-form-urlencoded` (`+` is a space).
-fn parse_query(raw: Option<&str>) -> Vec<(String, String)> {
-    fn decode(s: &str) -> String {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < bytes.len() => {
-                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                        .ok()
-                        .and_then(|h| u8::from_str_radix(h, 16).ok());
-                    match hex {
-                        Some(b) => {
-                            out.push(b);
-                            i += 2;
-                        }
-                        None => out.push(b'%'),
-                    }
-                }
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    raw.unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (decode(k), decode(v)),
-            None => (decode(p), String::new()),
-        })
-        .collect()
-}
-
-struct Params {
-    pairs: Vec<(String, String)>,
-}
-
-impl Params {
-    fn one(&self, key: &str) -> Option<&str> {
-        self.pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-    }
-    fn all(&self, key: &str) -> Vec<String> {
-        self.pairs
-            .iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v.trim_start_matches('+').to_owned())
-            .collect()
-    }
-    /// `limit` (default 10, 1..=500) and `offset` (default 0), as the spec defines them.
-    fn paging(&self) -> Result<(usize, usize), &'static str> {
-        let limit = match self.one("limit") {
-            None => 10,
-            Some(v) => match v.parse::<i64>() {
-                Ok(n) if (1..=500).contains(&n) => n as usize,
-                _ => return Err("limit must be an integer between 1 and 500"),
-            },
-        };
-        let offset = match self.one("offset") {
-            None => 0,
-            Some(v) => match v.parse::<i64>() {
-                Ok(n) if n >= 0 => n as usize,
-                _ => return Err("offset must be an integer greater or equal to zero"),
-            },
-        };
-        Ok((limit, offset))
-    }
-    /// Ascending unless `-created_at` (or nothing, when `default_desc`).
-    fn ascending(&self, default_desc: bool) -> Result<bool, &'static str> {
-        match self.one("order_by").map(str::trim) {
-            None => Ok(!default_desc),
-            Some("created_at" | "+created_at") => Ok(true),
-            Some("-created_at") => Ok(false),
-            Some(_) => Err("the fake Clerk API orders by created_at only"),
-        }
-    }
-}
-
 /// Authentication, logging, injected failures and gates, common to every endpoint. Ok gives
 /// the parsed parameters.
 async fn admit(world: &Shared, path: &str, headers: &HeaderMap, raw: Option<String>) -> Result<Params, Response> {
-    let pairs = parse_query(raw.as_deref());
+    let pairs = params::parse_query(raw.as_deref());
     let offset = pairs
         .iter()
         .find(|(k, _)| k == "offset")
@@ -584,7 +506,7 @@ async fn admit(world: &Shared, path: &str, headers: &HeaderMap, raw: Option<Stri
     }
     match outcome {
         Some(resp) => Err(resp),
-        None => Ok(Params { pairs }),
+        None => Ok(Params::new(pairs)),
     }
 }
 
