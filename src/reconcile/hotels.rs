@@ -59,9 +59,11 @@ pub async fn upsert(
         -- Which item of each id was written, as one jsonb object looked up per item: CTE results
         -- have no statistics, so a join of two of them is planned as a nested loop, quadratic in
         -- the batch (0.5 s for 2,000 items); a jsonb key lookup is a binary search.
-        won as (
+        -- (materialized: computed once, not per item).
+        written_ids as materialized (select coalesce(jsonb_object_agg(id, true), '{}') as ids from written),
+        won as materialized (
             select coalesce(jsonb_object_agg(nw.id, nw.n), '{}') as n_of
-            from newest nw, (select coalesce(jsonb_object_agg(id, true), '{}') as ids from written) w
+            from newest nw, written_ids w
             where w.ids ? nw.id
         )
         select x.n as "n!", x.id as "id!",

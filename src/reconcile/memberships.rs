@@ -240,7 +240,8 @@ async fn write(
         -- The written keys as one jsonb object looked up per item: CTE results have no
         -- statistics, so a join of two of them is planned as a nested loop, quadratic in the
         -- batch (0.5 s for 2,000 items); a jsonb key lookup is a binary search.
-        written_keys as (
+        -- (materialized: computed once, not per item)
+        written_keys as materialized (
             select coalesce(jsonb_object_agg(hotel_id || '/' || user_id, true), '{}') as keys from written
         )
         select nw.n as "n!" from newest nw, written_keys w where w.keys ? (nw.hotel_id || '/' || nw.user_id)

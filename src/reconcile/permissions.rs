@@ -118,7 +118,8 @@ pub async fn write(conn: &mut PgConnection, items: &[Item<PermissionWrite<'_>>])
         ),
         -- The written ids as one jsonb object looked up per item: CTE results have no statistics,
         -- so a join of two of them is planned as a nested loop, quadratic in the batch.
-        written_ids as (select coalesce(jsonb_object_agg(id, true), '{}') as ids from written)
+        -- (materialized: computed once, not per item)
+        written_ids as materialized (select coalesce(jsonb_object_agg(id, true), '{}') as ids from written)
         select nw.n as "n!" from newest nw, written_ids w where w.ids ? nw.id
         "#,
         &ids as &[&str],

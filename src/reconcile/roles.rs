@@ -177,12 +177,14 @@ pub async fn upsert(conn: &mut PgConnection, items: &[Item<&Role>]) -> Result<Ve
         ),
         -- The written ids as one jsonb object looked up per item: CTE results have no statistics,
         -- so a join of two of them is planned as a nested loop, quadratic in the batch.
-        won as (
+        -- (materialized: computed once, not per item).
+        written_ids as materialized (select coalesce(jsonb_object_agg(id, true), '{}') as ids from written),
+        won as materialized (
             select coalesce(jsonb_object_agg(nw.id, nw.n), '{}') as n_of
-            from newest nw, (select coalesce(jsonb_object_agg(id, true), '{}') as ids from written) w
+            from newest nw, written_ids w
             where w.ids ? nw.id
         ),
-        newest_n as (select coalesce(jsonb_object_agg(id, n), '{}') as n_of from newest)
+        newest_n as materialized (select coalesce(jsonb_object_agg(id, n), '{}') as n_of from newest)
         select x.n as "n!",
                case when (won.n_of ->> x.id)::int8 = x.n then 'written'
                     when (newest_n.n_of ->> x.id)::int8 = x.n and x.n in (select n from blocked) then 'blocked'
