@@ -102,31 +102,33 @@ pub(crate) trait Staged: DeserializeOwned {
     fn invalid_row(item: &InvalidItem, out: &mut CopyRows) -> bool;
 }
 
+/// The row of an object identified by its `id` alone: `id, version, body`.
+fn id_row<T: serde::Serialize>(id: &str, version: i64, object: &T, out: &mut CopyRows) {
+    out.push(&[Some(id), Some(&version.to_string()), Some(&body(object))]);
+}
+
+/// An object identified by its `id` alone: its invalid row is its id, when it has one.
+fn id_only_invalid_row(item: &InvalidItem, out: &mut CopyRows) -> bool {
+    item.id.as_deref().map(|id| out.push(&[Some(id), None, None])).is_some()
+}
+
 impl Staged for Organization {
     const TABLE: Table = HOTELS;
     fn row(&self, out: &mut CopyRows) {
-        out.push(&[
-            Some(self.id.as_str()),
-            Some(&self.updated_at.to_string()),
-            Some(&body(self)),
-        ]);
+        id_row(self.id.as_str(), self.updated_at, self, out);
     }
     fn invalid_row(item: &InvalidItem, out: &mut CopyRows) -> bool {
-        item.id.as_deref().map(|id| out.push(&[Some(id), None, None])).is_some()
+        id_only_invalid_row(item, out)
     }
 }
 
 impl Staged for User {
     const TABLE: Table = USERS;
     fn row(&self, out: &mut CopyRows) {
-        out.push(&[
-            Some(self.id.as_str()),
-            Some(&self.updated_at.to_string()),
-            Some(&body(self)),
-        ]);
+        id_row(self.id.as_str(), self.updated_at, self, out);
     }
     fn invalid_row(item: &InvalidItem, out: &mut CopyRows) -> bool {
-        item.id.as_deref().map(|id| out.push(&[Some(id), None, None])).is_some()
+        id_only_invalid_row(item, out)
     }
 }
 
@@ -158,19 +160,10 @@ impl Staged for Membership {
     }
 }
 
-/// An object identified by its `id` alone: its invalid row is its id, when it has one.
-fn id_only_invalid_row(item: &InvalidItem, out: &mut CopyRows) -> bool {
-    item.id.as_deref().map(|id| out.push(&[Some(id), None, None])).is_some()
-}
-
 impl Staged for Permission {
     const TABLE: Table = PERMISSIONS;
     fn row(&self, out: &mut CopyRows) {
-        out.push(&[
-            Some(self.id.as_str()),
-            Some(&self.updated_at.to_string()),
-            Some(&body(self)),
-        ]);
+        id_row(self.id.as_str(), self.updated_at, self, out);
     }
     fn invalid_row(item: &InvalidItem, out: &mut CopyRows) -> bool {
         id_only_invalid_row(item, out)
@@ -180,11 +173,7 @@ impl Staged for Permission {
 impl Staged for Role {
     const TABLE: Table = ROLES;
     fn row(&self, out: &mut CopyRows) {
-        out.push(&[
-            Some(self.id.as_str()),
-            Some(&self.updated_at.to_string()),
-            Some(&body(self)),
-        ]);
+        id_row(self.id.as_str(), self.updated_at, self, out);
     }
     fn invalid_row(item: &InvalidItem, out: &mut CopyRows) -> bool {
         id_only_invalid_row(item, out)
@@ -201,11 +190,7 @@ impl Staged for Invitation {
     const TABLE: Table = INVITATIONS;
     fn row(&self, out: &mut CopyRows) {
         // The type has no `url` (it carries the acceptance token): it is never staged.
-        out.push(&[
-            Some(self.id.as_str()),
-            Some(&invitation_version(self).to_string()),
-            Some(&body(self)),
-        ]);
+        id_row(self.id.as_str(), invitation_version(self), self, out);
     }
     fn invalid_row(item: &InvalidItem, out: &mut CopyRows) -> bool {
         id_only_invalid_row(item, out)
