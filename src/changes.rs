@@ -20,7 +20,7 @@ use sqlx::PgPool;
 pub const NOTIFY_CHANNEL: &str = "orgsync_changes";
 
 /// The entities the feed reports.
-pub const ENTITIES: &[&str] = &["hotel", "user", "membership"];
+pub const ENTITIES: &[&str] = &["hotel", "user", "membership", "role", "permission", "invitation"];
 
 /// One row of the feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]

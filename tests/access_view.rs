@@ -225,6 +225,22 @@ async fn the_change_feed_reports_roles_permissions_and_invitations() {
     .map(|(e, id, op, v)| (e.to_owned(), id.to_owned(), op.to_owned(), v))
     .collect();
     assert_eq!(seen, expected);
+
+    // `orgsync changes --entity` takes the new entities too.
+    let url = common::cli::db_url(pool).await;
+    let printed = common::cli::orgsync(&url, &["changes", "--entity", "role", "--json"]).await;
+    assert_eq!(printed.code, 0, "{printed:?}");
+    let ops: Vec<String> = printed
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["op"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ops, ["created", "updated", "deleted"], "{printed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

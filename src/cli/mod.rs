@@ -50,7 +50,8 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Sign a fixture event with the webhook secret and post it to a running receiver.
     Send(SendArgs),
-    /// Print the change feed in id order (created/updated/deleted hotels, users, memberships);
+    /// Print the change feed in id order (created/updated/deleted hotels, users, memberships,
+    /// roles, permissions, invitations);
     /// with --follow, keep printing changes as they commit until interrupted.
     Changes(ChangesArgs),
     /// What a user may do in a hotel, and why: the membership, its role, the permissions it
@@ -236,7 +237,7 @@ pub struct ChangesArgs {
     #[arg(long, default_value_t = 0)]
     pub after: i64,
     /// Only changes of this entity.
-    #[arg(long, value_parser = ["hotel", "user", "membership"])]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::changes::ENTITIES.iter().copied()))]
     pub entity: Option<String>,
     /// Keep printing changes as they commit (LISTEN, polling as a fallback) until SIGINT/SIGTERM.
     #[arg(long)]

@@ -20,7 +20,7 @@ pub const PAGE: i64 = 1000;
 pub struct ChangesQuery {
     /// Print changes with a greater id (0: from the oldest retained change).
     pub after: i64,
-    /// Only changes of this entity (`hotel`, `user`, `membership`).
+    /// Only changes of this entity (one of [`crate::changes::ENTITIES`]).
     pub entity: Option<String>,
     /// Keep printing new changes until cancelled.
     pub follow: bool,
