@@ -10,7 +10,7 @@ use futures::future::FutureExt;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use sqlx::{PgConnection, PgPool};
 
-use super::apply::{in_tx, push_change, retry_transient};
+use super::apply::{gone_chunk, in_tx, plan_chunk, push_change, retry_transient};
 use super::confirm::{candidates, round};
 use super::plan::fill;
 use super::report::{Changes, ResyncReport, Skipped};
@@ -267,31 +267,6 @@ pub(crate) async fn describe(conn: &mut PgConnection, report: &mut ResyncReport)
         fill(conn, &format!("select id from {gone}"), &mut changes.deleted).await?;
     }
     Ok(())
-}
-
-/// The next chunk of a plan: (id, created, staged object), after `after`.
-async fn plan_chunk(
-    stage: &mut PgConnection,
-    plan: &str,
-    after: &str,
-    limit: i64,
-) -> Result<Vec<(String, bool, String)>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "select id, created, body from {plan} where id > $1 order by id limit $2"
-    ))
-    .bind(after)
-    .bind(limit)
-    .fetch_all(stage)
-    .await
-}
-
-/// The next chunk of confirmed deletes, after `after`.
-async fn gone_chunk(stage: &mut PgConnection, gone: &str, after: &str, limit: i64) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(&format!("select id from {gone} where id > $1 order by id limit $2"))
-        .bind(after)
-        .bind(limit)
-        .fetch_all(stage)
-        .await
 }
 
 /// Writes a plan of roles or permissions in chunks, each a batch of events through

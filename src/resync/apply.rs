@@ -97,7 +97,7 @@ pub(crate) async fn apply(
     stage_name("writing hotels");
     let mut after = String::new();
     loop {
-        let rows = entity_chunk(stage, PLAN_HOTELS, &after, chunk).await?;
+        let rows = plan_chunk(stage, PLAN_HOTELS, &after, chunk).await?;
         let Some(last) = rows.last() else { break };
         after = last.0.clone();
         let orgs: Vec<(Organization, bool)> = rows
@@ -116,7 +116,7 @@ pub(crate) async fn apply(
     stage_name("writing users");
     let mut after = String::new();
     loop {
-        let rows = entity_chunk(stage, PLAN_USERS, &after, chunk).await?;
+        let rows = plan_chunk(stage, PLAN_USERS, &after, chunk).await?;
         let Some(last) = rows.last() else { break };
         after = last.0.clone();
         let listed: Vec<(User, bool)> = rows
@@ -240,8 +240,9 @@ pub(crate) async fn apply(
     Ok(())
 }
 
-/// The next chunk of a hotels or users plan: (id, created, staged object), after `after`.
-async fn entity_chunk(
+/// The next chunk of a plan keyed by `id` (hotels, users, roles, permissions, invitations):
+/// (id, created, staged object), after `after`.
+pub(super) async fn plan_chunk(
     stage: &mut PgConnection,
     plan: &str,
     after: &str,
@@ -256,8 +257,13 @@ async fn entity_chunk(
     .await
 }
 
-/// The next chunk of confirmed deletes of hotels or users, after `after`.
-async fn gone_chunk(stage: &mut PgConnection, gone: &str, after: &str, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+/// The next chunk of confirmed deletes of a kind keyed by `id`, after `after`.
+pub(super) async fn gone_chunk(
+    stage: &mut PgConnection,
+    gone: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(&format!("select id from {gone} where id > $1 order by id limit $2"))
         .bind(after)
         .bind(limit)
