@@ -12,14 +12,18 @@
 //! 3. reconcile ([`reconcile`]): events per second drained from a pre-filled job table (a
 //!    realistic history with duplicates and out-of-order deliveries) into rows, and deadlocks;
 //! 4. end to end ([`end_to_end`]): a shuffled burst with duplicate deliveries posted to the real
-//!    `orgsync serve` with its workers, timed until the rows are the history's final state;
-//! 5. resync ([`resync`]): the real `orgsync resync` against a fake Clerk API, from empty and
+//!    `orgsync serve` with its workers, timed until the rows are the history's final state and a
+//!    feed follower has read every change;
+//! 5. peer ([`peer`]): the same burst posted the same way to a Node.js receiver + Graphile Worker
+//!    doing the same work (`benches/peer/`), timed the same way, as a ratio to end to end;
+//! 6. resync ([`resync`]): the real `orgsync resync` against a fake Clerk API, from empty and
 //!    unchanged, with the child's own peak RSS, at one or more scales.
 //!
 //! Knobs: `ORGSYNC_BENCH_SECONDS` (length of each timed phase of the baseline and ingest,
 //! default 5), `ORGSYNC_BENCH_SCALE` (a factor on the dataset sizes, default 1.0),
 //! `ORGSYNC_BENCH_SCALES` (e.g. `1,5`: the resync phase at each scale, ratios to the first),
-//! `ORGSYNC_BENCH_ONLY` (`ingest`, `reconcile`, `e2e` or `resync`, with the baseline),
+//! `ORGSYNC_BENCH_ONLY` (`ingest`, `reconcile`, `e2e`, `peer` (with `e2e`, for the ratio) or
+//! `resync`, with the baseline), `ORGSYNC_BENCH_PEER_CONCURRENCY` (the peer's Graphile concurrency),
 //! `DATABASE_URL` (the server; databases `orgsync_bench` and `orgsync_bench_resync_<n>` are
 //! created on it and dropped at the end). Every failed check panics, so the bench exits non-zero.
 
@@ -27,9 +31,11 @@ mod baseline;
 mod deliver;
 mod end_to_end;
 mod fake_clerk;
+mod feed_follower;
 mod history;
 mod ingest;
 mod measure;
+mod peer;
 mod reconcile;
 mod resync;
 mod serve;
@@ -139,7 +145,8 @@ async fn main() {
     );
     println!();
 
-    // ORGSYNC_BENCH_ONLY=ingest|reconcile|e2e|resync runs the baseline and that phase alone.
+    // ORGSYNC_BENCH_ONLY=ingest|reconcile|e2e|peer|resync runs the baseline and that phase alone
+    // (peer with e2e: its figure is a ratio to it).
     let only = std::env::var("ORGSYNC_BENCH_ONLY").unwrap_or_default();
     let run = |name: &str| only.is_empty() || only == name;
     let mut rows = Vec::new();
@@ -159,8 +166,12 @@ async fn main() {
     if run("reconcile") {
         rows.extend(reconcile::run(&pool, scale, baseline).await);
     }
-    if run("e2e") {
-        rows.extend(end_to_end::run(&pool, &db_url, scale, baseline).await);
+    if run("e2e") || run("peer") {
+        let e2e = end_to_end::run(&pool, &db_url, scale, baseline).await;
+        rows.extend(e2e.rows);
+        if run("peer") {
+            rows.extend(peer::run(&admin, &base, scale, baseline, e2e.seconds).await);
+        }
     }
     if run("resync") {
         rows.extend(resync::run(&admin, &base, &scales, baseline).await);
