@@ -242,6 +242,7 @@ function verified(id, timestamp, header, body) {
 
 const pool = new pg.Pool({ connectionString: env.DATABASE_URL, max: poolSize });
 pool.on("error", (e) => console.error(`idle connection error: ${e.message}`));
+pool.on("connect", (client) => client.on("error", (e) => console.error(`connection error: ${e.message}`)));
 await pool.query(SCHEMA);
 const utils = await makeWorkerUtils({ pgPool: pool });
 await utils.migrate();
