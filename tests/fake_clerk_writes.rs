@@ -331,7 +331,7 @@ async fn role_sets_list_by_page_and_a_replaced_role_moves_its_members() {
     fake.put_role(&role(
         "role_2desk000000000000000000001",
         "org:front_desk",
-        &[read.clone()],
+        std::slice::from_ref(&read),
         BASE + 2,
         BASE + 2,
     ));

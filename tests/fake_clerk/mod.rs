@@ -46,6 +46,8 @@
 //! `#[path = "../../tests/fake_clerk/mod.rs"] mod fake_clerk;` and run it in a child process
 //! with [`serve_standalone`].
 #![allow(dead_code)]
+// A refused write's `Err` is the very answer (a `Response`), built once per request.
+#![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
