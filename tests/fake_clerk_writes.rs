@@ -304,6 +304,62 @@ async fn a_lost_answer_still_performs_the_write_and_injected_failures_do_not() {
 }
 
 #[tokio::test]
+async fn a_held_answer_waits_after_the_write_until_released() {
+    let fake = fake_with_users().await;
+    let gate = fake.hold_answers("POST", "/v1/organizations");
+    let pending = tokio::spawn({
+        let fake = fake.clone();
+        async move {
+            call(
+                &fake,
+                "POST",
+                "/v1/organizations",
+                Some(json!({"name": "Hotel Attesa"})),
+            )
+            .await
+        }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fake.org("hotel-attesa").is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the write happens before the answer"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!pending.is_finished(), "the answer is held");
+    gate.open();
+    let (status, _, org) = pending.await.unwrap();
+    assert_eq!((status, org["slug"].clone()), (200, json!("hotel-attesa")));
+}
+
+#[tokio::test]
+async fn date_and_updated_at_follow_the_fakes_clock_not_this_machines() {
+    let fake = fake_with_users().await;
+    fake.set_clock_offset(-3_600_000);
+    let machine = chrono::Utc::now().timestamp_millis();
+    let (_, headers, org) = call(&fake, "POST", "/v1/organizations", Some(json!({"name": "Hotel Ieri"}))).await;
+    let date = chrono::DateTime::parse_from_rfc2822(headers["date"].to_str().unwrap()).unwrap();
+    let behind = machine - date.timestamp_millis();
+    assert!(
+        (3_598_000..=3_602_000).contains(&behind),
+        "Date is an hour behind: {behind} ms"
+    );
+    let behind = machine - org["updated_at"].as_i64().unwrap();
+    assert!(
+        (3_598_000..=3_602_000).contains(&behind),
+        "updated_at is an hour behind: {behind} ms"
+    );
+    let (_, headers, _) = call(&fake, "GET", "/v1/users/count", None).await;
+    let read = chrono::DateTime::parse_from_rfc2822(headers["date"].to_str().unwrap()).unwrap();
+    assert!(
+        machine - read.timestamp_millis() >= 3_598_000,
+        "reads carry the fake's Date too"
+    );
+}
+
+#[tokio::test]
 async fn latency_is_added_to_every_request_and_reported() {
     let fake = fake_with_users().await;
     fake.set_latency(Duration::from_millis(20));

@@ -182,7 +182,7 @@ impl Failure {
 }
 
 /// What happens to the answer of a write that succeeded (Clerk performed it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum LostMode {
     /// The connection is closed without an answer (a reset after sending).
     Drop,
@@ -190,6 +190,9 @@ pub enum LostMode {
     Late(Duration),
     /// This status (a Clerk error body) replaces the answer: a 5xx after the write.
     Status(u16),
+    /// The answer waits until the gate is opened: the moment between Clerk's write and its
+    /// answer, held for a test (see [`FakeClerk::hold_answers`]).
+    Hold(GateHandle),
 }
 
 /// The answers of `times` successful requests `method path` are lost ([`LostMode`]); the write
@@ -413,6 +416,20 @@ impl FakeClerk {
         self.world().lost_answers.push(lost);
     }
 
+    /// Holds the answers of successful `method path` writes (performed, webhooks emitted) until
+    /// the returned gate is opened.
+    pub fn hold_answers(&self, method: &str, path: &str) -> GateHandle {
+        let gate = GateHandle {
+            open: Arc::new(tokio::sync::Semaphore::new(0)),
+        };
+        self.lose_answer(
+            LostAnswer::new(method, path)
+                .mode(LostMode::Hold(gate.clone()))
+                .always(),
+        );
+        gate
+    }
+
     /// Holds every request to `path` until the returned gate is opened.
     pub fn gate(&self, path: &str) -> GateHandle {
         let open = Arc::new(tokio::sync::Semaphore::new(0));
@@ -527,6 +544,7 @@ impl FakeClerk {
     }
 }
 
+#[derive(Debug, Clone)]
 pub struct GateHandle {
     open: Arc<tokio::sync::Semaphore>,
 }
