@@ -8,6 +8,7 @@ pub mod clerk;
 pub mod cli;
 pub mod db;
 pub mod http;
+pub mod manage;
 pub mod metrics;
 pub mod ops;
 pub mod queue;
