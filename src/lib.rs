@@ -2,6 +2,7 @@
 //! with Clerk: a signed webhook receiver that stores events durably, a retrying consumer that
 //! reconciles them with newer-wins rules, and a full resync from the Clerk Backend API.
 
+pub mod api;
 pub mod app;
 pub mod changes;
 pub mod clerk;

@@ -101,10 +101,12 @@ impl Manager {
                     org = self.find_created(hotel, &plan.slug, deadline).await?;
                 }
                 // After a lost answer, "slug taken" is most likely this very create.
-                Err(e @ ClerkWriteError::Rejected { .. }) if lost => match self.find_created(hotel, &plan.slug, deadline).await? {
-                    Some(o) => org = Some(o),
-                    None => return Err(e.into()),
-                },
+                Err(e @ ClerkWriteError::Rejected { .. }) if lost => {
+                    match self.find_created(hotel, &plan.slug, deadline).await? {
+                        Some(o) => org = Some(o),
+                        None => return Err(e.into()),
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -133,10 +135,12 @@ impl Manager {
     /// row; a deleted hotel is answered with `deleted_at` set.
     pub async fn get_hotel(&self, id: &HotelId) -> Result<HotelView, ManageError> {
         let mut conn = self.pool.acquire().await?;
-        view::hotel(&mut conn, id.as_str()).await?.ok_or_else(|| ManageError::NotFound {
-            what: "hotel",
-            id: id.to_string(),
-        })
+        view::hotel(&mut conn, id.as_str())
+            .await?
+            .ok_or_else(|| ManageError::NotFound {
+                what: "hotel",
+                id: id.to_string(),
+            })
     }
 
     /// Changes the organization in Clerk (name, slug, membership cap; metadata merged), then
@@ -197,9 +201,9 @@ impl Manager {
             let key = key.clone();
             async move { view::hotel(conn, &key).await }.boxed()
         });
-        self.commit(operation, events, read).await?.ok_or_else(|| {
-            self.mirror_pending(operation, "the hotel has no row after the write".into())
-        })
+        self.commit(operation, events, read)
+            .await?
+            .ok_or_else(|| self.mirror_pending(operation, "the hotel has no row after the write".into()))
     }
 
     /// The organization holding `slug` when it is this create's (same name); Err(SlugTaken)
@@ -247,7 +251,11 @@ impl Manager {
     /// `hotel`'s organization as an event when the mirror has no row for it (fetched from Clerk;
     /// none when that fails), so that its memberships and invitations can be written now. Err
     /// only when the mirror cannot be read.
-    pub(crate) async fn missing_hotel(&self, hotel: &HotelId, deadline: Instant) -> Result<Vec<ClerkEvent>, sqlx::Error> {
+    pub(crate) async fn missing_hotel(
+        &self,
+        hotel: &HotelId,
+        deadline: Instant,
+    ) -> Result<Vec<ClerkEvent>, sqlx::Error> {
         if view::hotel_known(&mut *self.pool.acquire().await?, hotel.as_str()).await? {
             return Ok(Vec::new());
         }

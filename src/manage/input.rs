@@ -143,7 +143,9 @@ fn check_name(value: String) -> Result<String, String> {
 fn check_slug(value: String) -> Result<String, String> {
     let ok = !value.is_empty()
         && value.len() <= MAX_SLUG
-        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !value.starts_with('-')
         && !value.ends_with('-');
     if ok {

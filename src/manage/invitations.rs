@@ -79,11 +79,17 @@ impl Manager {
         let made = self.clerk.create_invitation(hotel, &invite.wire(), deadline).await?;
         events.push(written(made.value, made.date));
         let mut views = self.commit_invitations("invite", &events).await?;
-        views.pop().ok_or_else(|| self.mirror_pending("invite", "the invitation has no row after the write".into()))
+        views
+            .pop()
+            .ok_or_else(|| self.mirror_pending("invite", "the invitation has no row after the write".into()))
     }
 
     /// Invites 1 to 10 people to `hotel` in one Clerk request, then writes the invitations.
-    pub async fn invite_many(&self, hotel: &HotelId, invites: &[NewInvite]) -> Result<Vec<InvitationView>, ManageError> {
+    pub async fn invite_many(
+        &self,
+        hotel: &HotelId,
+        invites: &[NewInvite],
+    ) -> Result<Vec<InvitationView>, ManageError> {
         if invites.is_empty() || invites.len() > MAX_BULK_INVITATIONS {
             return Err(ManageError::invalid(
                 "invitations",

@@ -51,10 +51,12 @@ impl Manager {
                     answer = self.find_membership(hotel, user, deadline).await?;
                 }
                 // After a lost answer, "already a member" is most likely this very create.
-                Err(e @ ClerkWriteError::Rejected { .. }) if lost => match self.find_membership(hotel, user, deadline).await? {
-                    Some(a) => answer = Some(a),
-                    None => return Err(e.into()),
-                },
+                Err(e @ ClerkWriteError::Rejected { .. }) if lost => {
+                    match self.find_membership(hotel, user, deadline).await? {
+                        Some(a) => answer = Some(a),
+                        None => return Err(e.into()),
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -66,9 +68,18 @@ impl Manager {
     }
 
     /// Changes `user`'s role in `hotel` in Clerk, then writes the membership Clerk answers.
-    pub async fn set_member_role(&self, hotel: &HotelId, user: &UserId, role: &RoleKey) -> Result<MemberView, ManageError> {
+    pub async fn set_member_role(
+        &self,
+        hotel: &HotelId,
+        user: &UserId,
+        role: &RoleKey,
+    ) -> Result<MemberView, ManageError> {
         let deadline = self.deadline();
-        let answer = self.clerk.update_membership(hotel, user, role.as_str(), deadline).await?.value;
+        let answer = self
+            .clerk
+            .update_membership(hotel, user, role.as_str(), deadline)
+            .await?
+            .value;
         let mut events = hotel_of(&answer);
         events.push(ClerkEvent::MembershipUpserted(answer.membership));
         self.commit_member("set_member_role", hotel, user, &events).await
@@ -97,8 +108,8 @@ impl Manager {
                     Ok(mut conn) => known_membership(&mut conn, hotel, user).await,
                     Err(e) => Err(e),
                 };
-                let known =
-                    known.map_err(|e| self.mirror_pending("remove_member", format!("reading the membership failed: {e}")))?;
+                let known = known
+                    .map_err(|e| self.mirror_pending("remove_member", format!("reading the membership failed: {e}")))?;
                 known
                     .into_iter()
                     .map(|membership| ClerkEvent::MembershipDeleted {

@@ -100,7 +100,8 @@ impl ManageError {
 }
 
 /// A mirror read run after the writes, in their transaction.
-pub(crate) type Readback<T> = Box<dyn for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send + Sync>;
+pub(crate) type Readback<T> =
+    Box<dyn for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send + Sync>;
 
 /// Boxes a mirror read for [`Manager::commit`] (the bound gives the closure its signature).
 pub(crate) fn readback<T, F>(f: F) -> Readback<T>
@@ -141,7 +142,9 @@ impl Manager {
         let mut attempt = 0u32;
         let answer = loop {
             match self.commit_once(events, &read).await {
-                Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("40P01" | "40001")) && attempt < 5 => {
+                Err(sqlx::Error::Database(e))
+                    if matches!(e.code().as_deref(), Some("40P01" | "40001")) && attempt < 5 =>
+                {
                     attempt += 1;
                     tracing::debug!(operation, attempt, error = %e, "write path transaction aborted by Postgres; retrying");
                     tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
@@ -161,9 +164,16 @@ impl Manager {
             if !outcome.is_final() {
                 // Only a membership or invitation of a hotel with no row: the operations write
                 // the hotel first, so this is a hotel deleted and purged meanwhile.
-                tracing::warn!(?outcome, kind = event_kind(event), "an answer of the write path could not be applied now");
+                tracing::warn!(
+                    ?outcome,
+                    kind = event_kind(event),
+                    "an answer of the write path could not be applied now"
+                );
             }
-            debug_assert!(!matches!(outcome, Outcome::UserBusy(_)), "Source::Api waits for stub locks");
+            debug_assert!(
+                !matches!(outcome, Outcome::UserBusy(_)),
+                "Source::Api waits for stub locks"
+            );
         }
         let answer = read(&mut tx).await?;
         tx.commit().await?;

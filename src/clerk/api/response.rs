@@ -100,7 +100,11 @@ pub(super) fn error_message(body: &[u8]) -> String {
 /// `form_identifier_exists`, `resource_not_found`): what the API passes on as `clerk_code`.
 pub(super) fn error_code(body: &[u8]) -> Option<String> {
     let errs = serde_json::from_slice::<ClerkErrors>(body).ok()?;
-    errs.errors.into_iter().next()?.code.map(|c| c.chars().take(100).collect())
+    errs.errors
+        .into_iter()
+        .next()?
+        .code
+        .map(|c| c.chars().take(100).collect())
 }
 
 /// True when `body` is Clerk's own error shape (`{errors: [...]}`).

@@ -480,21 +480,21 @@ impl ClerkClient {
         let answer = self
             .membership_call(
                 Call {
-                method: Method::DELETE,
-                label: "delete_membership",
-                path: format!(
-                    "/v1/organizations/{}/memberships/{}",
-                    organization.as_str(),
-                    user.as_str()
-                ),
-                query: &[],
-                body: None,
-                repeat: Repeat::Safe,
-                write: true,
-            },
-            deadline,
-        )
-        .await;
+                    method: Method::DELETE,
+                    label: "delete_membership",
+                    path: format!(
+                        "/v1/organizations/{}/memberships/{}",
+                        organization.as_str(),
+                        user.as_str()
+                    ),
+                    query: &[],
+                    body: None,
+                    repeat: Repeat::Safe,
+                    write: true,
+                },
+                deadline,
+            )
+            .await;
         match answer {
             Ok((a, _)) => Ok(a.map(Some)),
             Err((ClerkWriteError::NotFound { .. }, attempts)) if attempts > 1 => Ok(Dated {
@@ -839,7 +839,8 @@ mod tests {
 
     #[test]
     fn refusals_keep_clerk_status_and_code() {
-        let body = br#"{"errors":[{"message":"taken","long_message":"That slug is taken","code":"form_identifier_exists"}]}"#;
+        let body =
+            br#"{"errors":[{"message":"taken","long_message":"That slug is taken","code":"form_identifier_exists"}]}"#;
         match refusal(422, body) {
             ClerkWriteError::Rejected { status, code, .. } => {
                 assert_eq!(status, 422);
