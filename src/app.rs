@@ -44,6 +44,11 @@ pub struct ServeConfig {
     pub self_heal_after: i32,
     /// Largest share of live hotels the scheduled resync may delete (it refuses beyond).
     pub mass_delete_threshold: f64,
+    /// Where the `/v1` API listens (`crate::api`); served only when `clerk` is configured too
+    /// (every write goes to Clerk first). `None` serves no API.
+    pub api_listen: Option<SocketAddr>,
+    /// The API's body cap and Clerk deadline.
+    pub api: crate::api::ApiSettings,
 }
 
 /// A built service, its sockets bound, ready to run.
@@ -51,6 +56,7 @@ pub struct Application {
     pool: PgPool,
     listener: Option<TcpListener>,
     admin_listener: Option<TcpListener>,
+    api_listener: Option<TcpListener>,
     verifier: Option<Arc<WebhookVerifier>>,
     config: ServeConfig,
 }
@@ -103,10 +109,26 @@ impl Application {
             ),
             None => None,
         };
+        let api_listener = match (config.api_listen, &config.clerk) {
+            (Some(addr), Some(_)) => {
+                crate::api::check_exposure(&pool, addr).await?;
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("binding {addr} (ORGSYNC_API_LISTEN)"))?,
+                )
+            }
+            (Some(addr), None) => {
+                tracing::info!(%addr, "the /v1 API is off: it needs CLERK_SECRET_KEY (every write goes to Clerk first)");
+                None
+            }
+            (None, _) => None,
+        };
         Ok(Self {
             pool,
             listener: Some(listener),
             admin_listener,
+            api_listener,
             verifier,
             config,
         })
@@ -123,6 +145,14 @@ impl Application {
     /// The bound port of the admin listener, when separate.
     pub fn admin_port(&self) -> Option<u16> {
         self.admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
+    }
+
+    /// The bound port of the `/v1` API listener, when it serves.
+    pub fn api_port(&self) -> Option<u16> {
+        self.api_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok())
             .map(|a| a.port())
@@ -170,9 +200,34 @@ impl Application {
         tracing::info!(addr = %listener.local_addr()?, receiver = self.config.receiver, worker = self.config.worker, "orgsync serving");
         let main_server = tokio::spawn(server::serve(listener, main, self.config.http, "main", cancel.clone()));
 
+        // One client, so one request budget, for the resync, the self-heal and the API.
         let clerk = match &self.config.clerk {
             Some(args) => Some(crate::clerk::api::ClerkClient::from_config(args)?),
             None => None,
+        };
+        let api_server = match (self.api_listener.take(), &clerk) {
+            (Some(l), Some(client)) => {
+                let manager = crate::manage::Manager::new(
+                    self.pool.clone(),
+                    client.clone(),
+                    crate::manage::WriteOptions {
+                        clerk_deadline: self.config.api.clerk_deadline,
+                    },
+                );
+                let router = crate::api::router(crate::api::ApiState {
+                    manager,
+                    max_body: self.config.api.max_body,
+                });
+                tracing::info!(addr = %l.local_addr()?, "orgsync serving the /v1 API");
+                Some(tokio::spawn(server::serve(
+                    l,
+                    router,
+                    self.config.http,
+                    "api",
+                    cancel.clone(),
+                )))
+            }
+            _ => None,
         };
         let worker = self.config.worker.then(|| {
             let mut runner = Runner::new(self.pool.clone(), self.config.worker_settings.clone());
@@ -201,6 +256,9 @@ impl Application {
 
         main_server.await??;
         if let Some(s) = admin_server {
+            s.await??;
+        }
+        if let Some(s) = api_server {
             s.await??;
         }
         // The router (and with it every Ingest handle) is gone: the batchers drain and end.

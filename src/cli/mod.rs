@@ -2,6 +2,7 @@
 //! imports this module: the flags fill the plain config structs of the modules that use them.
 
 pub mod commands;
+pub mod manage;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -62,6 +63,8 @@ pub enum Command {
     /// Create, list and revoke the API tokens of the `/v1` API and the console.
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
+    #[command(flatten)]
+    Manage(manage::ManageCommand),
     /// Exit 0 when a running orgsync answers /healthz (for container health checks).
     Healthcheck {
         /// The health endpoint to probe.
@@ -343,6 +346,8 @@ pub struct ServeArgs {
     /// `orgsync resync --allow-mass-delete`.
     #[arg(long, env = "ORGSYNC_MASS_DELETE_THRESHOLD", default_value_t = 0.10)]
     pub mass_delete_threshold: f64,
+    #[command(flatten)]
+    pub api: manage::ApiArgs,
 }
 
 /// Deadlines and the connection cap of the HTTP listeners (see [`HttpLimits`]).
@@ -465,6 +470,8 @@ impl ServeArgs {
             resync_interval: self.resync_interval.0,
             self_heal_after: self.self_heal_after,
             mass_delete_threshold: self.mass_delete_threshold,
+            api_listen: self.api.api_listen.0,
+            api: self.api.settings(),
         }
     }
 }
@@ -521,6 +528,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Access(args) => commands::access(args).await,
         Command::Tokens(command) => tokens::run(command).await,
+        Command::Manage(command) => manage::run(command).await,
         Command::Healthcheck { url } => {
             let ok = reqwest::Client::new()
                 .get(&url)
