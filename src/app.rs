@@ -49,6 +49,8 @@ pub struct ServeConfig {
     pub api_listen: Option<SocketAddr>,
     /// The API's body cap and Clerk deadline.
     pub api: crate::api::ApiSettings,
+    /// The change feed's sequencer, which every serving process runs.
+    pub feed: crate::changes::SequencerSettings,
 }
 
 /// A built service, its sockets bound, ready to run.
@@ -164,7 +166,8 @@ impl Application {
 
     /// Serves until `cancel` fires, then shuts down gracefully: the HTTP servers stop accepting
     /// and finish in-flight requests (within the deadlines of [`HttpLimits`]), the enqueue batchers commit what they hold, and the workers
-    /// stop claiming and commit their current batch.
+    /// stop claiming and commit their current batch, whose changes a last sequencer tick makes
+    /// readable.
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         let metrics = crate::metrics::install();
         let admin = admin_router(AdminState {
@@ -240,6 +243,12 @@ impl Application {
             }
             tokio::spawn(runner.run(cancel.clone()))
         });
+        // Whichever replica holds the sequencer lock makes committed changes readable.
+        let sequencer = tokio::spawn(crate::changes::sequencer::run(
+            self.pool.clone(),
+            self.config.feed.clone(),
+            cancel.clone(),
+        ));
         let scheduler = match (&clerk, self.config.resync_interval) {
             (Some(client), Some(interval)) => Some(tokio::spawn(crate::resync::schedule(
                 self.pool.clone(),
@@ -270,6 +279,11 @@ impl Application {
         }
         if let Some(s) = scheduler {
             let _ = s.await;
+        }
+        // After the workers: their last commits are moved into the feed before the process ends.
+        let _ = sequencer.await;
+        if let Err(e) = crate::changes::sequence_now(&self.pool).await {
+            tracing::warn!(error = %e, "sequencing the change feed at shutdown failed");
         }
         tracing::info!("orgsync stopped");
         Ok(())

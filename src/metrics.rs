@@ -17,6 +17,9 @@
 //! | `orgsync_last_webhook_received_timestamp_seconds` | gauge | |
 //! | `orgsync_resync_runs_total` | counter | `outcome` (succeeded, failed, refused) |
 //! | `orgsync_resync_last_success_timestamp_seconds` | gauge | |
+//! | `orgsync_changes_pending` | gauge | |
+//! | `orgsync_changes_pending_oldest_age_seconds` | gauge | |
+//! | `orgsync_changes_sequenced_total` | counter | |
 //! | `orgsync_database_up` | gauge | |
 //! | `orgsync_http_connections_open` | gauge | `listener` (main, admin) |
 //! | `orgsync_http_connections_shed_total` | counter | `listener` |
@@ -153,6 +156,20 @@ fn describe() {
         "Connections closed for not sending a complete request head in time (stalled, or idle keep-alive), by listener."
     );
     describe_gauge!(
+        "orgsync_changes_pending",
+        Unit::Count,
+        "Committed changes not yet readable in the change feed (waiting for a sequencer tick)."
+    );
+    describe_gauge!(
+        "orgsync_changes_pending_oldest_age_seconds",
+        Unit::Seconds,
+        "How long ago the oldest committed change not yet in the feed was written (0 when none waits)."
+    );
+    describe_counter!(
+        "orgsync_changes_sequenced_total",
+        "Changes this process's sequencer made readable in the change feed."
+    );
+    describe_gauge!(
         "orgsync_database_up",
         "1 when the last scrape could read the job table, 0 when it could not (the job gauges are then stale)."
     );
@@ -194,6 +211,9 @@ pub async fn try_refresh_gauges(pool: &PgPool) -> Result<(), sqlx::Error> {
     if let Some(t) = snapshot.last_resync_success_at {
         metrics::gauge!("orgsync_resync_last_success_timestamp_seconds").set(unix_seconds(t));
     }
+    metrics::gauge!("orgsync_changes_pending").set(snapshot.changes_pending as f64);
+    metrics::gauge!("orgsync_changes_pending_oldest_age_seconds")
+        .set(snapshot.oldest_pending_change_age_seconds.unwrap_or(0.0));
     Ok(())
 }
 

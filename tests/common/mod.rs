@@ -79,6 +79,7 @@ pub fn config(secrets: Option<&str>, worker: bool) -> ServeConfig {
         mass_delete_threshold: 0.10,
         api_listen: Some("127.0.0.1:0".parse().unwrap()),
         api: orgsync::api::ApiSettings::default(),
+        feed: orgsync::changes::SequencerSettings::default(),
     }
 }
 
