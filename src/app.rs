@@ -231,7 +231,11 @@ impl Application {
     fn main_cap_within_descriptors(&self, separate_admin: bool) -> usize {
         let limit = descriptors::raise_descriptor_limit();
         let reserved = u64::from(self.config.pool.max_connections)
-            + if separate_admin { ADMIN_MAX_CONNECTIONS as u64 } else { 0 };
+            + if separate_admin {
+                ADMIN_MAX_CONNECTIONS as u64
+            } else {
+                0
+            };
         let wanted = self.config.http.max_connections;
         let cap = descriptors::fit_cap(wanted, limit, reserved);
         if cap < wanted {

@@ -187,7 +187,14 @@ async fn an_attacker_reopening_every_closed_connection_for_30_s_keeps_no_deliver
     for i in 0..cap + 16 {
         for (addr, bytes) in [
             (app.addr, if i % 4 == 3 { STALLED_BODY } else { HALF_HEAD }),
-            (admin, if i % 2 == 1 { &b""[..] } else { &b"GET /healthz HTTP/1.1\r\nhost: orgs"[..] }),
+            (
+                admin,
+                if i % 2 == 1 {
+                    &b""[..]
+                } else {
+                    &b"GET /healthz HTTP/1.1\r\nhost: orgs"[..]
+                },
+            ),
         ] {
             attackers.push(tokio::spawn(attacker(addr, bytes, stop.clone(), opened.clone())));
         }
@@ -205,12 +212,20 @@ async fn an_attacker_reopening_every_closed_connection_for_30_s_keeps_no_deliver
         tick.tick().await;
         let (delivery_client, body, addr) = (client.clone(), body.clone(), app.addr);
         genuine.push(tokio::spawn(async move {
-            ("delivery", n, deliver(&delivery_client, addr, &format!("msg_attack_{n}"), &body).await)
+            (
+                "delivery",
+                n,
+                deliver(&delivery_client, addr, &format!("msg_attack_{n}"), &body).await,
+            )
         }));
         let probe_client = client.clone();
         genuine.push(tokio::spawn(async move {
             let probe = probe_client.get(format!("http://{admin}/healthz")).send().await;
-            ("probe", n, probe.map(|r| r.status().as_u16()).map_err(|e| format!("{e:?}")))
+            (
+                "probe",
+                n,
+                probe.map(|r| r.status().as_u16()).map_err(|e| format!("{e:?}")),
+            )
         }));
         n += 1;
     }
@@ -244,7 +259,10 @@ async fn an_attacker_reopening_every_closed_connection_for_30_s_keeps_no_deliver
     );
     assert_eq!(job_count(&app.pool).await, n as i64);
     // Each genuine newcomer found both listeners full and took an attacker's place.
-    assert!(evicted_main >= n as f64 && evicted_admin >= n as f64, "the attack kept both listeners full");
+    assert!(
+        evicted_main >= n as f64 && evicted_admin >= n as f64,
+        "the attack kept both listeners full"
+    );
     app.stop().await;
 }
 
@@ -266,11 +284,17 @@ async fn an_idle_keep_alive_connection_is_evicted_only_after_every_incomplete_on
     for (i, s) in silent.into_iter().enumerate() {
         closed_by(s, soon, &format!("silent connection {i}")).await;
     }
-    assert!(!closed_within(&mut idle, Duration::from_millis(100)).await, "the idle connection is kept");
+    assert!(
+        !closed_within(&mut idle, Duration::from_millis(100)).await,
+        "the idle connection is kept"
+    );
     // An eighth evicts the oldest newcomer, still not the idle connection.
     let _eighth = open(app.addr, HALF_HEAD).await;
     closed_by(newcomers.remove(0), soon, "the oldest incomplete newcomer").await;
-    assert!(!closed_within(&mut idle, Duration::from_millis(100)).await, "the idle connection is kept");
+    assert!(
+        !closed_within(&mut idle, Duration::from_millis(100)).await,
+        "the idle connection is kept"
+    );
     // It is still served.
     assert_eq!(request_on(&mut idle, HEALTHZ).await, "HTTP/1.1 404 Not Found");
     app.stop().await;
@@ -316,12 +340,18 @@ async fn when_every_place_holds_a_request_being_handled_a_newcomer_waits_then_is
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!newcomer.is_finished(), "the newcomer waits for room");
     for s in held.iter_mut() {
-        assert!(!closed_within(s, Duration::from_millis(50)).await, "a request being handled is kept");
+        assert!(
+            !closed_within(s, Duration::from_millis(50)).await,
+            "a request being handled is kept"
+        );
     }
     // One held request is answered: its connection, now idle, makes room for the newcomer.
     gate.add_permits(1);
     assert_eq!(
-        tokio::time::timeout(PROMPT, newcomer).await.expect("served once there is room").unwrap(),
+        tokio::time::timeout(PROMPT, newcomer)
+            .await
+            .expect("served once there is room")
+            .unwrap(),
         "HTTP/1.1 200 OK"
     );
     let mut answered = 0;
@@ -334,15 +364,27 @@ async fn when_every_place_holds_a_request_being_handled_a_newcomer_waits_then_is
         }
     }
     let mut held = still_held;
-    assert_eq!((answered, held.len()), (1, 1), "one answered (then evicted), one still handled");
+    assert_eq!(
+        (answered, held.len()),
+        (1, 1),
+        "one answered (then evicted), one still handled"
+    );
 
     // Both places handling again, and nothing answered within the header deadline: 503.
     held.push(open(addr, HOLD).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let waited = Instant::now();
-    let refused = closed_by(open(addr, QUICK).await, waited + header + SLACK, "a newcomer finding no room").await;
+    let refused = closed_by(
+        open(addr, QUICK).await,
+        waited + header + SLACK,
+        "a newcomer finding no room",
+    )
+    .await;
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused:?}");
-    assert!(waited.elapsed() >= header - Duration::from_millis(100), "refused only after the header deadline");
+    assert!(
+        waited.elapsed() >= header - Duration::from_millis(100),
+        "refused only after the header deadline"
+    );
     let rendered = metrics.render();
     let value = |metric: &str| {
         rendered
@@ -351,7 +393,11 @@ async fn when_every_place_holds_a_request_being_handled_a_newcomer_waits_then_is
             .map(|v| v.trim().to_owned())
     };
     assert_eq!(value("orgsync_http_connections_shed_total").as_deref(), Some("1"));
-    assert_eq!(value(EVICTED).as_deref(), Some("1"), "the idle connection, evicted for the first newcomer");
+    assert_eq!(
+        value(EVICTED).as_deref(),
+        Some("1"),
+        "the idle connection, evicted for the first newcomer"
+    );
 
     gate.add_permits(10);
     cancel.cancel();

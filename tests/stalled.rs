@@ -164,7 +164,11 @@ async fn beyond_the_connection_cap_the_oldest_stalled_connections_are_closed_to_
         assert!(got.is_empty(), "an evicted connection gets no answer: {got:?}");
     }
     for (i, s) in held.iter_mut().enumerate() {
-        assert!(!closed_within(s, Duration::from_millis(20)).await, "held connection {} is still open", i + 5);
+        assert!(
+            !closed_within(s, Duration::from_millis(20)).await,
+            "held connection {} is still open",
+            i + 5
+        );
     }
     // A delivery beyond the cap is served: it evicts the oldest still held.
     let r = app.deliver("msg_beyond_the_cap", &body).await;
@@ -175,7 +179,10 @@ async fn beyond_the_connection_cap_the_oldest_stalled_connections_are_closed_to_
     assert_eq!(evicted().await - evicted_before, 6.0, "every eviction is counted");
     assert_eq!(shed().await - shed_before, 0.0, "nothing was refused");
     for s in newcomers.iter_mut() {
-        assert!(!closed_within(s, Duration::from_millis(20)).await, "the newcomers are kept");
+        assert!(
+            !closed_within(s, Duration::from_millis(20)).await,
+            "the newcomers are kept"
+        );
     }
     app.stop().await;
 }

@@ -177,7 +177,10 @@ impl Tracker {
     /// Bytes arrived on the socket: an idle connection becomes incomplete, since now.
     pub fn bytes_arrived(&self) {
         if self.conn.idle.load(Ordering::Relaxed) {
-            self.move_to(|phase| matches!(phase, Phase::Waiting((Rank::Idle, _))), Some(Rank::Incomplete));
+            self.move_to(
+                |phase| matches!(phase, Phase::Waiting((Rank::Idle, _))),
+                Some(Rank::Incomplete),
+            );
         }
     }
 
@@ -188,7 +191,10 @@ impl Tracker {
             return self.request_complete();
         }
         // A head read from bytes that arrived while idle (pipelined): incomplete from now.
-        self.move_to(|phase| matches!(phase, Phase::Waiting((Rank::Idle, _))), Some(Rank::Incomplete));
+        self.move_to(
+            |phase| matches!(phase, Phase::Waiting((Rank::Idle, _))),
+            Some(Rank::Incomplete),
+        );
         !self.is_gone()
     }
 
@@ -280,7 +286,9 @@ mod tests {
     fn below_the_cap_nothing_is_evicted() {
         let r = registry(3);
         let places: Vec<_> = (0..3).map(|_| admitted(r.admit())).collect();
-        assert!(places.iter().all(|(t, by_evicting)| !by_evicting && !t.evicted().is_cancelled()));
+        assert!(places
+            .iter()
+            .all(|(t, by_evicting)| !by_evicting && !t.evicted().is_cancelled()));
         assert_eq!(r.open(), 3);
     }
 
@@ -304,7 +312,10 @@ mod tests {
         let (_c, _) = admitted(r.admit());
         assert!(a.evicted().is_cancelled(), "incomplete before idle, whatever their age");
         assert!(!idle.evicted().is_cancelled());
-        assert!(!handled.evicted().is_cancelled(), "a request being handled is never evicted");
+        assert!(
+            !handled.evicted().is_cancelled(),
+            "a request being handled is never evicted"
+        );
         assert_eq!(r.open(), 4);
     }
 
@@ -348,6 +359,9 @@ mod tests {
         assert!(old.evicted().is_cancelled(), "the older incomplete one first");
         assert!(!idle.evicted().is_cancelled());
         let (_, _) = admitted(r.admit());
-        assert!(idle.evicted().is_cancelled(), "then the formerly idle one, incomplete since its bytes");
+        assert!(
+            idle.evicted().is_cancelled(),
+            "then the formerly idle one, incomplete since its bytes"
+        );
     }
 }

@@ -178,7 +178,11 @@ pub async fn serve(
 /// A place for a newly accepted connection (and whether a connection was evicted for it): at
 /// once when one is free or evictable, else as soon as one is, waiting up to `patience`. None
 /// when there was none by then, or `cancel` fired.
-async fn admit(registry: &std::sync::Arc<Registry>, patience: Duration, cancel: &CancellationToken) -> Option<(Tracker, bool)> {
+async fn admit(
+    registry: &std::sync::Arc<Registry>,
+    patience: Duration,
+    cancel: &CancellationToken,
+) -> Option<(Tracker, bool)> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
         match registry.admit() {

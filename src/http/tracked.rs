@@ -98,7 +98,9 @@ impl hyper::service::Service<Request<Incoming>> for TrackedService {
                 .status(StatusCode::SERVICE_UNAVAILABLE)
                 .body(Body::empty())
                 .expect("a valid response");
-            return Box::pin(std::future::ready(Ok(refused.map(|b| TrackedResponseBody::new(b, tracker)))));
+            return Box::pin(std::future::ready(Ok(
+                refused.map(|b| TrackedResponseBody::new(b, tracker))
+            )));
         }
         let req = req.map(|body| TrackedRequestBody {
             inner: body,
