@@ -22,6 +22,7 @@
 //! | `orgsync_changes_sequenced_total` | counter | |
 //! | `orgsync_database_up` | gauge | |
 //! | `orgsync_http_connections_open` | gauge | `listener` (main, admin) |
+//! | `orgsync_http_connections_evicted_total` | counter | `listener` |
 //! | `orgsync_http_connections_shed_total` | counter | `listener` |
 //! | `orgsync_http_header_timeouts_total` | counter | `listener` |
 
@@ -148,8 +149,12 @@ fn describe() {
         "Open HTTP connections, by listener (main, admin)."
     );
     describe_counter!(
+        "orgsync_http_connections_evicted_total",
+        "Connections closed unanswered to make room for a newcomer on a full listener (the one waiting longest without a complete request), by listener."
+    );
+    describe_counter!(
         "orgsync_http_connections_shed_total",
-        "Connections answered 503 and closed unread because the listener's connection cap was reached, by listener."
+        "Newcomers answered 503 and closed unread because every place under the listener's cap held a request being handled, by listener."
     );
     describe_counter!(
         "orgsync_http_header_timeouts_total",

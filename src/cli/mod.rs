@@ -369,10 +369,12 @@ pub struct HttpArgs {
     /// 408 and the connection closed beyond it.
     #[arg(long, env = "ORGSYNC_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub request_timeout: Duration,
-    /// Most connections open at once on the main listener; more are answered 503 and closed
-    /// (counted by orgsync_http_connections_shed_total). Keep it well below the process's
-    /// descriptor limit (`ulimit -n`).
-    #[arg(long, env = "ORGSYNC_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Most connections open at once on the main listener. Beyond it a newcomer takes the place
+    /// of the connection waiting longest without a complete request (counted by
+    /// orgsync_http_connections_evicted_total); requests being handled are never cut off. Lowered
+    /// at start to what the open-files limit allows (the soft limit is first raised to the hard
+    /// one).
+    #[arg(long, env = "ORGSYNC_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 }
 

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod access_events;
 pub mod cli;
+pub mod raw_clients;
 pub mod test_db;
 #[allow(unused_imports)]
 pub use test_db::{database_on_server, test_server, TestDb};
