@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clerk::signature::WebhookVerifier;
 use crate::db::{self, PoolSettings};
+use crate::http::descriptors;
 use crate::http::server::{self, HttpLimits, ADMIN_MAX_CONNECTIONS};
 use crate::http::{admin_router, webhook_router, AdminState, WebhookState};
 use crate::queue::ingest::IngestSettings;
@@ -49,6 +50,8 @@ pub struct ServeConfig {
     pub api_listen: Option<SocketAddr>,
     /// The API's body cap and Clerk deadline.
     pub api: crate::api::ApiSettings,
+    /// The change feed's sequencer, which every serving process runs.
+    pub feed: crate::changes::SequencerSettings,
 }
 
 /// A built service, its sockets bound, ready to run.
@@ -164,7 +167,8 @@ impl Application {
 
     /// Serves until `cancel` fires, then shuts down gracefully: the HTTP servers stop accepting
     /// and finish in-flight requests (within the deadlines of [`HttpLimits`]), the enqueue batchers commit what they hold, and the workers
-    /// stop claiming and commit their current batch.
+    /// stop claiming and commit their current batch, whose changes a last sequencer tick makes
+    /// readable.
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         let metrics = crate::metrics::install();
         let admin = admin_router(AdminState {
@@ -197,8 +201,12 @@ impl Application {
             }
         };
         let listener = self.listener.take().expect("run is called once");
-        tracing::info!(addr = %listener.local_addr()?, receiver = self.config.receiver, worker = self.config.worker, "orgsync serving");
-        let main_server = tokio::spawn(server::serve(listener, main, self.config.http, "main", cancel.clone()));
+        let main_limits = HttpLimits {
+            max_connections: self.main_cap_within_descriptors(admin_server.is_some()),
+            ..self.config.http
+        };
+        tracing::info!(addr = %listener.local_addr()?, receiver = self.config.receiver, worker = self.config.worker, max_connections = main_limits.max_connections, "orgsync serving");
+        let main_server = tokio::spawn(server::serve(listener, main, main_limits, "main", cancel.clone()));
 
         // One client, so one request budget, for the resync, the self-heal and the API.
         let clerk = match &self.config.clerk {
@@ -240,6 +248,12 @@ impl Application {
             }
             tokio::spawn(runner.run(cancel.clone()))
         });
+        // Whichever replica holds the sequencer lock makes committed changes readable.
+        let sequencer = tokio::spawn(crate::changes::sequencer::run(
+            self.pool.clone(),
+            self.config.feed.clone(),
+            cancel.clone(),
+        ));
         let scheduler = match (&clerk, self.config.resync_interval) {
             (Some(client), Some(interval)) => Some(tokio::spawn(crate::resync::schedule(
                 self.pool.clone(),
@@ -271,8 +285,40 @@ impl Application {
         if let Some(s) = scheduler {
             let _ = s.await;
         }
+        // After the workers: their last commits are moved into the feed before the process ends.
+        let _ = sequencer.await;
+        if let Err(e) = crate::changes::sequence_now(&self.pool).await {
+            tracing::warn!(error = %e, "sequencing the change feed at shutdown failed");
+        }
         tracing::info!("orgsync stopped");
         Ok(())
+    }
+}
+
+impl Application {
+    /// Raises the soft descriptor limit to the hard one, and returns the main listener's cap:
+    /// the configured one, lowered (with a warning) to what the limit leaves beside the admin
+    /// listener's cap and the database pool, so that a full listener can always accept a
+    /// newcomer and make room for it.
+    fn main_cap_within_descriptors(&self, separate_admin: bool) -> usize {
+        let limit = descriptors::raise_descriptor_limit();
+        let reserved = u64::from(self.config.pool.max_connections)
+            + if separate_admin {
+                ADMIN_MAX_CONNECTIONS as u64
+            } else {
+                0
+            };
+        let wanted = self.config.http.max_connections;
+        let cap = descriptors::fit_cap(wanted, limit, reserved);
+        if cap < wanted {
+            tracing::warn!(
+                max_connections = wanted,
+                open_files_limit = limit,
+                lowered_to = cap,
+                "the connection cap does not fit in the open-files limit (ulimit -n); lowered"
+            );
+        }
+        cap
     }
 }
 

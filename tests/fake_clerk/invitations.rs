@@ -24,8 +24,8 @@ use super::admission::{
 use super::{access, Entry, Shared, World};
 
 pub(super) fn routes(app: Router<Shared>) -> Router<Shared> {
-    app.route("/v1/organizations/{id}/invitations", post(create))
-        .route("/v1/organizations/{id}/invitations/bulk", post(create_bulk))
+    app.route("/v1/organizations/{org}/invitations", post(create))
+        .route("/v1/organizations/{org}/invitations/bulk", post(create_bulk))
         .route("/v1/organizations/{org}/invitations/{id}/revoke", post(revoke))
 }
 
