@@ -71,13 +71,10 @@ fn without_position(message: &str) -> String {
     }
 }
 
-/// The field a "missing field `x`" or "unknown field `x`" message names (its path is the
-/// enclosing object's).
+/// The field a "missing field `x`" message names (its path is the enclosing object's; an
+/// unknown field's path is the field itself).
 fn named_field(message: &str) -> Option<&str> {
-    let rest = message
-        .strip_prefix("missing field `")
-        .or_else(|| message.strip_prefix("unknown field `"))?;
-    rest.split('`').next()
+    message.strip_prefix("missing field `")?.split('`').next()
 }
 
 #[cfg(test)]

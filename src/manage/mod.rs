@@ -131,7 +131,7 @@ impl Manager {
 
     /// Applies Clerk's answers (`events`) through the rule book as [`Source::Api`] in one
     /// transaction, reads the answer back with `read` in it, commits, and makes the change feed
-    /// show it. A deadlock or serialization failure is retried; any other database failure is
+    /// show it ([`crate::changes::sequence_now`]). A deadlock or serialization failure is retried; any other database failure is
     /// [`ManageError::MirrorPending`] (logged), with everything rolled back.
     pub(crate) async fn commit<T>(
         &self,
@@ -152,7 +152,14 @@ impl Manager {
                 other => break other,
             }
         };
-        answer.map_err(|e| self.mirror_pending(operation, format!("the database could not be written: {e}")))
+        let answer =
+            answer.map_err(|e| self.mirror_pending(operation, format!("the database could not be written: {e}")))?;
+        // The feed shows the change before the answer (readers of `changes` see it at once).
+        if let Err(e) = crate::changes::sequence_now(&self.pool).await {
+            // Committed: the rows show it; the background sequencer numbers it in a moment.
+            tracing::warn!(operation, error = %e, "the write is committed but the change feed could not be sequenced now");
+        }
+        Ok(answer)
     }
 
     async fn commit_once<T>(&self, events: &[ClerkEvent], read: &Readback<T>) -> Result<T, sqlx::Error> {
