@@ -25,6 +25,7 @@ use serde::Deserialize;
 mod access;
 mod budget;
 mod response;
+mod role_sets;
 
 use budget::Budget;
 use response::*;
