@@ -251,7 +251,9 @@ async fn members_outside_the_hotels_role_set_are_named_by_the_view_and_by_orgsyn
     // A newer organization payload moving the hotel to another role set is a hotel change in
     // the feed; the member's role is unknown again until that role set is mirrored.
     let before = feed(pool, "hotel").await.len();
-    let mut moved = organization("organization.updated", H, "Role Set Hotel", T0, T0 + 5, T0 + 5);
+    // (the same payload otherwise: only the role set key changes)
+    let mut moved = hotel.clone();
+    moved["data"]["updated_at"] = json!(T0 + 5);
     moved["data"]["role_set_key"] = json!("role_set:other");
     apply(pool, &moved).await;
     let after = feed(pool, "hotel").await;
