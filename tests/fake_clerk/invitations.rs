@@ -26,7 +26,7 @@ use super::{access, Entry, Shared, World};
 pub(super) fn routes(app: Router<Shared>) -> Router<Shared> {
     app.route("/v1/organizations/{id}/invitations", post(create))
         .route("/v1/organizations/{id}/invitations/bulk", post(create_bulk))
-        .route("/v1/organizations/{org}/invitations/{id}/revoke", post(revoke))
+        .route("/v1/organizations/{id}/invitations/{invitation}/revoke", post(revoke))
 }
 
 type Answer = Result<Response, Response>;
