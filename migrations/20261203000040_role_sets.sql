@@ -67,94 +67,11 @@ where m.deleted_at is null
                     and not exists (select 1 from permissions q
                                     where q.key = k.permission and q.deleted_at is null));
 
--- The change feed covers role sets (entity `role_set`; entity_id is the role set id). A role
--- set reports every newer version: its `updated_at` moves when its roles change, which its own
--- columns alone would not show. A hotel reports a change of its role set key.
-alter table changes drop constraint changes_entity_check;
-alter table changes add constraint changes_entity_check
-    check (entity in ('hotel', 'user', 'membership', 'role', 'permission', 'invitation', 'role_set'));
-
--- (TEMPORARY until the feed's sequencer lands: the deferred-trigger writer, taught role sets.)
-create or replace function record_change() returns trigger language plpgsql
-set search_path from current as $$
-declare
-    new_id   bigint;
-    op       text;
-    key      text;
-    hotel    text;
-    member   text;
-    source   text := nullif(current_setting('orgsync.source', true), '');
-    first_id text := current_setting('orgsync.changes_first_id', true);
-begin
-    if first_id is null or first_id = '' then
-        -- First change of this commit: wait for the commits ahead to finish, then draw ids.
-        perform pg_advisory_xact_lock(1869768547, hashtext(current_schema())); -- class "orgc"
-    end if;
-    -- Each table's columns are read in its own branch (plpgsql resolves NEW's fields when a
-    -- statement first runs). An invitation's revocation is a status; its tombstone (deleted_at)
-    -- is final, so it is reported `deleted` once.
-    if tg_argv[0] = 'invitation' then
-        op := case when tg_op = 'INSERT' then 'created'
-                   when old.deleted_at is null and new.deleted_at is not null then 'deleted'
-                   else 'updated' end;
-        key := new.id; hotel := new.hotel_id; member := new.user_id;
-    else
-        if tg_op = 'INSERT' then
-            op := case when new.deleted_at is null then 'created' else 'deleted' end;
-        elsif old.deleted_at is null and new.deleted_at is not null then
-            op := 'deleted';
-        elsif old.deleted_at is not null and new.deleted_at is null then
-            op := 'created';    -- a membership revived by a new Clerk membership (invited again)
-        else
-            op := 'updated';
-        end if;
-        if tg_argv[0] = 'hotel' then
-            key := new.id; hotel := new.id;
-        elsif tg_argv[0] = 'user' then
-            key := new.id; member := new.id;
-        elsif tg_argv[0] in ('role', 'permission', 'role_set') then
-            key := new.id;
-        else
-            key := new.clerk_membership_id; hotel := new.hotel_id; member := new.user_id;
-        end if;
-    end if;
-    new_id := nextval('changes_id_seq');
-    insert into changes (id, entity, entity_id, hotel_id, user_id, op, clerk_version, source, job_id)
-    values (
-        new_id,
-        tg_argv[0], key, hotel, member, op,
-        new.clerk_version,
-        source,
-        case when source = 'webhook' then new.last_job_id end
-    );
-    if first_id is null or first_id = '' then
-        perform set_config('orgsync.changes_first_id', new_id::text, true);
-        perform pg_notify('orgsync_changes',
-                          json_build_object('schema', current_schema(), 'id', new_id)::text);
-    end if;
-    return null;
-end
-$$;
-
-create constraint trigger role_sets_changes after insert on role_sets
-    deferrable initially deferred for each row execute function record_change('role_set');
-create constraint trigger role_sets_changes_update after update on role_sets
-    deferrable initially deferred for each row
-    when ((old.deleted_at is null or new.deleted_at is null)
-          and (old.deleted_at, old.key, old.name, old.description, old.type, old.default_role_key,
-               old.creator_role_key, old.created_at, old.updated_at)
-              is distinct from
-              (new.deleted_at, new.key, new.name, new.description, new.type, new.default_role_key,
-               new.creator_role_key, new.created_at, new.updated_at))
-    execute function record_change('role_set');
-
-drop trigger hotels_changes_update on hotels;
-create constraint trigger hotels_changes_update after update on hotels
-    deferrable initially deferred for each row
-    when ((old.deleted_at is null or new.deleted_at is null)
-          and (old.deleted_at, old.name, old.slug, old.image_url, old.public_metadata, old.created_at,
-               old.role_set_key)
-              is distinct from
-              (new.deleted_at, new.name, new.slug, new.image_url, new.public_metadata, new.created_at,
-               new.role_set_key))
-    execute function record_change('hotel');
+-- The change feed covers role sets (entity `role_set`, entity_id the role set id: the key can
+-- change). A role set reports every newer version: its `updated_at` moves when its roles change,
+-- which its own columns alone would not show. A hotel also reports a change of its role set key.
+select add_to_change_feed('role_sets', 'role_set', 'id',
+    mirrored => array['key', 'name', 'description', 'type', 'default_role_key', 'creator_role_key',
+                      'created_at', 'updated_at']);
+select add_to_change_feed('hotels', 'hotel', 'id', hotel_column => 'id',
+    mirrored => array['name', 'slug', 'image_url', 'public_metadata', 'created_at', 'role_set_key']);

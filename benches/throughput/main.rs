@@ -14,12 +14,14 @@
 //! 4. end to end ([`end_to_end`]): a shuffled burst with duplicate deliveries posted to the real
 //!    `orgsync serve` with its workers, timed until the rows are the history's final state;
 //! 5. resync ([`resync`]): the real `orgsync resync` against a fake Clerk API, from empty and
-//!    unchanged, with the child's own peak RSS, at one or more scales.
+//!    unchanged, with the child's own peak RSS, at one or more scales;
+//! 6. stalled ([`stalled`]): the real `orgsync serve` holding 10,000 stalled connections, its RSS
+//!    and the latency of genuine deliveries posted meanwhile.
 //!
 //! Knobs: `ORGSYNC_BENCH_SECONDS` (length of each timed phase of the baseline and ingest,
 //! default 5), `ORGSYNC_BENCH_SCALE` (a factor on the dataset sizes, default 1.0),
 //! `ORGSYNC_BENCH_SCALES` (e.g. `1,5`: the resync phase at each scale, ratios to the first),
-//! `ORGSYNC_BENCH_ONLY` (`ingest`, `reconcile`, `e2e` or `resync`, with the baseline),
+//! `ORGSYNC_BENCH_ONLY` (`ingest`, `reconcile`, `e2e`, `resync` or `stalled`, with the baseline),
 //! `DATABASE_URL` (the server; databases `orgsync_bench` and `orgsync_bench_resync_<n>` are
 //! created on it and dropped at the end). Every failed check panics, so the bench exits non-zero.
 
@@ -33,6 +35,7 @@ mod measure;
 mod reconcile;
 mod resync;
 mod serve;
+mod stalled;
 
 use std::time::Duration;
 
@@ -139,7 +142,7 @@ async fn main() {
     );
     println!();
 
-    // ORGSYNC_BENCH_ONLY=ingest|reconcile|e2e|resync runs the baseline and that phase alone.
+    // ORGSYNC_BENCH_ONLY=ingest|reconcile|e2e|resync|stalled runs the baseline and that phase alone.
     let only = std::env::var("ORGSYNC_BENCH_ONLY").unwrap_or_default();
     let run = |name: &str| only.is_empty() || only == name;
     let mut rows = Vec::new();
@@ -164,6 +167,10 @@ async fn main() {
     }
     if run("resync") {
         rows.extend(resync::run(&admin, &base, &scales, baseline).await);
+    }
+    if run("stalled") {
+        rows.extend(stalled::run(&db_url).await);
+        truncate(&pool).await;
     }
 
     pool.close().await;

@@ -66,6 +66,8 @@ pub enum Source {
     Resync,
     /// The self-heal: a resync of one hotel.
     SelfHeal,
+    /// The write path (`crate::manage`) applying Clerk's answer to a write it just made.
+    Api,
 }
 
 impl Source {
@@ -74,17 +76,22 @@ impl Source {
             Self::Webhook => "webhook",
             Self::Resync => "resync",
             Self::SelfHeal => "self_heal",
+            Self::Api => "api",
         }
     }
 
-    /// Events are checked against the snapshot marks; listings are the snapshots.
+    /// Events are checked against the snapshot marks; listings are the snapshots. An API answer
+    /// is not checked either: it is Clerk's state at the moment it answered, later than the start
+    /// of any listing already recorded, so no mark can make it stale news (newer-wins still
+    /// applies to it, so a newer webhook already applied keeps its row).
     fn honours_snapshots(self) -> bool {
         self == Self::Webhook
     }
 
     /// The consumer holds per-entity advisory locks: it writes a user stub only when it can take
     /// that user's lock without waiting (another worker may be inserting the same user). The
-    /// resync and the self-heal wait for it instead (a deadlock is retried by their callers).
+    /// resync, the self-heal and the write path wait for it instead: they hold no entity locks,
+    /// so the wait ends when that worker commits (a deadlock is retried by their callers).
     fn stubs_need_free_lock(self) -> bool {
         self == Self::Webhook
     }

@@ -187,6 +187,12 @@ pub(crate) async fn run_locked(
         None => work.await,
     };
 
+    // What the run wrote is readable in the change feed when it returns, server or not.
+    if !options.dry_run {
+        if let Err(e) = crate::changes::sequence_now(pool).await {
+            tracing::warn!(run_id, error = %e, "sequencing the change feed after the resync failed");
+        }
+    }
     let finished_at = Utc::now();
     let (outcome, counts, error) = match &mut result {
         Ok(report) => {
@@ -354,6 +360,9 @@ async fn execute(
     // Deletes: only after complete listings, and only what Clerk confirms it no longer has.
     if failure.is_none() {
         stage("confirming deletes");
+        // Every change committed so far into the feed first: confirm_deletes reads the changes
+        // after `feed_cursor`, and one still waiting for the sequencer has no id yet.
+        crate::changes::sequence_now(pool).await?;
         let confirmed = confirm::confirm_deletes(
             &mut staged,
             client,

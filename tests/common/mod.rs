@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod access_events;
 pub mod cli;
+pub mod raw_clients;
 pub mod test_db;
 #[allow(unused_imports)]
 pub use test_db::{database_on_server, test_server, TestDb};
@@ -77,6 +78,9 @@ pub fn config(secrets: Option<&str>, worker: bool) -> ServeConfig {
         resync_interval: None,
         self_heal_after: 3,
         mass_delete_threshold: 0.10,
+        api_listen: Some("127.0.0.1:0".parse().unwrap()),
+        api: orgsync::api::ApiSettings::default(),
+        feed: orgsync::changes::SequencerSettings::default(),
     }
 }
 

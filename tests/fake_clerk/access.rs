@@ -20,8 +20,8 @@ pub(super) fn routes(app: Router<Shared>) -> Router<Shared> {
         .route("/v1/organization_permissions", get(list_permissions))
         .route("/v1/organization_permissions/{id}", get(get_permission))
         .route("/v1/organization_invitations", get(list_invitations))
-        .route("/v1/organizations/{id}/invitations/{invitation}", get(get_invitation))
-        .route("/v1/organizations/{id}/invitations", get(list_org_invitations))
+        .route("/v1/organizations/{org}/invitations/{id}", get(get_invitation))
+        .route("/v1/organizations/{org}/invitations", get(list_org_invitations))
 }
 
 impl FakeClerk {

@@ -241,7 +241,7 @@ impl World {
         if let Some(n) = rule.times.as_mut() {
             *n -= 1;
         }
-        Some(rule.mode)
+        Some(rule.mode.clone())
     }
 }
 

@@ -24,9 +24,9 @@ use super::admission::{
 use super::{access, Entry, Shared, World};
 
 pub(super) fn routes(app: Router<Shared>) -> Router<Shared> {
-    app.route("/v1/organizations/{id}/invitations", post(create))
-        .route("/v1/organizations/{id}/invitations/bulk", post(create_bulk))
-        .route("/v1/organizations/{id}/invitations/{invitation}/revoke", post(revoke))
+    app.route("/v1/organizations/{org}/invitations", post(create))
+        .route("/v1/organizations/{org}/invitations/bulk", post(create_bulk))
+        .route("/v1/organizations/{org}/invitations/{id}/revoke", post(revoke))
 }
 
 type Answer = Result<Response, Response>;

@@ -1,6 +1,6 @@
 //! Membership writes: `POST /v1/organizations/{id}/memberships` `{user_id, role,
 //! public_metadata?, private_metadata?}`, `PATCH /v1/organizations/{id}/memberships/{user_id}`
-//! `{role}`, `DELETE .../{user_id}` (answers the removed membership). Also the test's hand for
+//! `{role}`, `DELETE .../{user_id}` (answers the removed membership as it was). Also the test's hand for
 //! a user accepting an invitation ([`FakeClerk::accept_invitation`]).
 //!
 //! As Clerk: an unknown organization or membership is 404; an unknown user is 404; a user
@@ -162,7 +162,8 @@ fn delete_in(w: &mut World, org_id: &str, user_id: &str) -> Answer {
     if let Some(org) = w.orgs.get(org_id) {
         m["organization"] = org.value();
     }
-    m["updated_at"] = json!(at);
+    // The membership as it was (its `updated_at` unchanged, as in Clerk's payloads); the
+    // event's `timestamp` dates the removal.
     w.emit("organizationMembership.deleted", &m, at);
     Ok(json_value(&m))
 }

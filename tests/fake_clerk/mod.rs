@@ -46,6 +46,8 @@
 //! `#[path = "../../tests/fake_clerk/mod.rs"] mod fake_clerk;` and run it in a child process
 //! with [`serve_standalone`].
 #![allow(dead_code)]
+// A refused write's `Err` is the very answer (a `Response`), built once per request.
+#![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -180,7 +182,7 @@ impl Failure {
 }
 
 /// What happens to the answer of a write that succeeded (Clerk performed it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum LostMode {
     /// The connection is closed without an answer (a reset after sending).
     Drop,
@@ -188,6 +190,9 @@ pub enum LostMode {
     Late(Duration),
     /// This status (a Clerk error body) replaces the answer: a 5xx after the write.
     Status(u16),
+    /// The answer waits until the gate is opened: the moment between Clerk's write and its
+    /// answer, held for a test (see [`FakeClerk::hold_answers`]).
+    Hold(GateHandle),
 }
 
 /// The answers of `times` successful requests `method path` are lost ([`LostMode`]); the write
@@ -411,6 +416,20 @@ impl FakeClerk {
         self.world().lost_answers.push(lost);
     }
 
+    /// Holds the answers of successful `method path` writes (performed, webhooks emitted) until
+    /// the returned gate is opened.
+    pub fn hold_answers(&self, method: &str, path: &str) -> GateHandle {
+        let gate = GateHandle {
+            open: Arc::new(tokio::sync::Semaphore::new(0)),
+        };
+        self.lose_answer(
+            LostAnswer::new(method, path)
+                .mode(LostMode::Hold(gate.clone()))
+                .always(),
+        );
+        gate
+    }
+
     /// Holds every request to `path` until the returned gate is opened.
     pub fn gate(&self, path: &str) -> GateHandle {
         let open = Arc::new(tokio::sync::Semaphore::new(0));
@@ -525,6 +544,7 @@ impl FakeClerk {
     }
 }
 
+#[derive(Debug, Clone)]
 pub struct GateHandle {
     open: Arc<tokio::sync::Semaphore>,
 }

@@ -107,6 +107,9 @@ async fn wire(State(world): State<Shared>, req: Request, next: Next) -> Response
             std::future::pending::<()>().await;
         }
         Some(LostMode::Late(after)) => tokio::time::sleep(after).await,
+        Some(LostMode::Hold(gate)) => {
+            let _permit = gate.open.acquire().await.expect("gate semaphore is never closed");
+        }
         Some(LostMode::Status(status)) => {
             resp = clerk_error(
                 StatusCode::from_u16(status).unwrap(),
