@@ -136,6 +136,7 @@ async fn resync_mirrors_role_sets_and_tombstones_only_what_clerk_confirms_gone()
     assert_eq!(role_set_row(&pool, NIGHT).await.unwrap().1, true);
 
     // The feed: created twice, then the tombstone; all from the resync.
+    orgsync::changes::sequence_now(&pool).await.unwrap();
     let feed: Vec<(String, String, String)> =
         sqlx::query_as("select entity_id, op, source from changes where entity = 'role_set' order by id")
             .fetch_all(&pool)
@@ -281,6 +282,7 @@ async fn the_self_heal_of_a_hotel_fetches_its_role_set_by_key() {
     assert_eq!(fake.requests("/v1/role_sets/role_set:front"), 1);
     assert_eq!(role_set_row(&pool, FRONT).await, Some(("role_set:front".into(), false)));
     assert_eq!(role_set_row(&pool, NIGHT).await, None, "only the hotel's own role set");
+    orgsync::changes::sequence_now(&pool).await.unwrap();
     let feed: String = sqlx::query_scalar("select source from changes where entity = 'role_set'")
         .fetch_one(&pool)
         .await

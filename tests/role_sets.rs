@@ -65,6 +65,7 @@ async fn roles_of(pool: &PgPool, id: &str) -> Vec<String> {
 }
 
 async fn feed(pool: &PgPool, entity: &str) -> Vec<(String, String)> {
+    orgsync::changes::sequence_now(pool).await.unwrap();
     sqlx::query_as("select entity_id, op from changes where entity = $1 order by id")
         .bind(entity)
         .fetch_all(pool)
@@ -143,6 +144,7 @@ async fn newer_wins_roles_are_replaced_whole_and_tombstones_are_final() {
     .map(|(a, b)| (a.to_string(), b.to_string()))
     .collect();
     assert_eq!(rows, expected);
+    orgsync::changes::sequence_now(pool).await.unwrap();
     let source: String = sqlx::query_scalar("select source from changes where entity = 'role_set' limit 1")
         .fetch_one(pool)
         .await
