@@ -5,9 +5,9 @@
 //! The history ([`History::random_burst`]) holds organizations, users and memberships, their
 //! updates and deletes; it is shuffled as a whole, and 10 % of its deliveries are sent twice with
 //! the same svix-id (as Svix retries), [`CONCURRENCY`] at a time. Once every delivery is
-//! acknowledged, the database is read until its rows are the expected ones and a feed follower
-//! (started with the burst, reading as `orgsync changes --follow` does) has read every change
-//! committed; the run fails (the bench exits non-zero) when that does not happen within a
+//! acknowledged, the database is read until its rows are the expected ones and a feed reader
+//! (started with the burst: plain SQL woken by LISTEN, [`FeedFollower`]) has read every change
+//! committed, through the sequencer of `orgsync serve`; the run fails (the bench exits non-zero) when that does not happen within a
 //! generous bound, or when a job dead-letters.
 
 use std::net::SocketAddr;
@@ -113,8 +113,8 @@ pub async fn run(pool: &PgPool, db_url: &str, scale: f64, baseline: f64) -> EndT
     let deadlocks_before = deadlocks(pool).await;
 
     let serve = Serve::start(db_url, &[], &[]).await;
-    // A feed follower from the start, as an application would run one.
-    let follower = FeedFollower::start(pool);
+    // A feed reader from the start, as an application would run one.
+    let follower = FeedFollower::start(pool).await;
     let started = Instant::now();
     let resent = post_all(serve.addr, deliveries).await;
     let posted = started.elapsed();
@@ -179,7 +179,7 @@ pub async fn run(pool: &PgPool, db_url: &str, scale: f64, baseline: f64) -> EndT
     println!(
         "end-to-end: {total} deliveries ({events} events, {} duplicates) acknowledged in {posted_s:.2} s \
          ({:.0}/s, {resent} re-sent after an error); rows equal the history's final state {:.2} s \
-         after the first delivery, the feed complete ({changes} changes read by a follower) at \
+         after the first delivery, the feed complete ({changes} changes read by a feed reader) at \
          {converged_s:.2} s; {retried} jobs needed more than one attempt, {deadlocks} deadlocks",
         total - events,
         total as f64 / posted_s,

@@ -13,17 +13,20 @@
 //!    realistic history with duplicates and out-of-order deliveries) into rows, and deadlocks;
 //! 4. end to end ([`end_to_end`]): a shuffled burst with duplicate deliveries posted to the real
 //!    `orgsync serve` with its workers, timed until the rows are the history's final state and a
-//!    feed follower has read every change;
+//!    feed reader has read every change;
 //! 5. peer ([`peer`]): the same burst posted the same way to a Node.js receiver + Graphile Worker
 //!    doing the same work (`benches/peer/`), timed the same way, as a ratio to end to end;
 //! 6. resync ([`resync`]): the real `orgsync resync` against a fake Clerk API, from empty and
-//!    unchanged, with the child's own peak RSS, at one or more scales.
+//!    unchanged, with the child's own peak RSS, at one or more scales;
+//! 7. stalled ([`stalled`]): the real `orgsync serve` holding 10,000 stalled connections, its RSS
+//!    and the latency of genuine deliveries posted meanwhile.
 //!
 //! Knobs: `ORGSYNC_BENCH_SECONDS` (length of each timed phase of the baseline and ingest,
 //! default 5), `ORGSYNC_BENCH_SCALE` (a factor on the dataset sizes, default 1.0),
 //! `ORGSYNC_BENCH_SCALES` (e.g. `1,5`: the resync phase at each scale, ratios to the first),
-//! `ORGSYNC_BENCH_ONLY` (`ingest`, `reconcile`, `e2e`, `peer` (with `e2e`, for the ratio) or
-//! `resync`, with the baseline), `ORGSYNC_BENCH_PEER_CONCURRENCY` (the peer's Graphile concurrency),
+//! `ORGSYNC_BENCH_ONLY` (`ingest`, `reconcile`, `e2e`, `peer` (with `e2e`, for the ratio),
+//! `resync` or `stalled`, with the baseline), `ORGSYNC_BENCH_PEER_CONCURRENCY` (the peer's
+//! Graphile concurrency),
 //! `DATABASE_URL` (the server; databases `orgsync_bench` and `orgsync_bench_resync_<n>` are
 //! created on it and dropped at the end). Every failed check panics, so the bench exits non-zero.
 
@@ -38,7 +41,9 @@ mod measure;
 mod peer;
 mod reconcile;
 mod resync;
+mod sampler;
 mod serve;
+mod stalled;
 
 use std::time::Duration;
 
@@ -72,12 +77,16 @@ impl Row {
     }
 }
 
-/// Empties the job and domain tables (and what refers to them).
+/// Empties the job and domain tables (and what refers to them), and starts the change feed over
+/// (its sequence restarts, so the sequencer's floor must too).
 pub async fn truncate(pool: &PgPool) {
-    sqlx::query("truncate jobs, memberships, hotels, users, changes, snapshot_marks restart identity cascade")
-        .execute(pool)
-        .await
-        .unwrap();
+    sqlx::raw_sql(
+        "truncate jobs, memberships, hotels, users, changes, pending_changes, snapshot_marks restart identity cascade;
+         update changes_sequencer set last_id = 0, floor_seq = 0, candidate_seq = null, candidate_xid = null;",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 fn env_f64(name: &str, default: f64) -> f64 {
@@ -145,8 +154,8 @@ async fn main() {
     );
     println!();
 
-    // ORGSYNC_BENCH_ONLY=ingest|reconcile|e2e|peer|resync runs the baseline and that phase alone
-    // (peer with e2e: its figure is a ratio to it).
+    // ORGSYNC_BENCH_ONLY=ingest|reconcile|e2e|peer|resync|stalled runs the baseline and that phase
+    // alone (peer with e2e: its figure is a ratio to it).
     let only = std::env::var("ORGSYNC_BENCH_ONLY").unwrap_or_default();
     let run = |name: &str| only.is_empty() || only == name;
     let mut rows = Vec::new();
@@ -164,7 +173,7 @@ async fn main() {
         truncate(&pool).await;
     }
     if run("reconcile") {
-        rows.extend(reconcile::run(&pool, scale, baseline).await);
+        rows.extend(reconcile::run(&pool, &db_url, scale, baseline).await);
     }
     if run("e2e") || run("peer") {
         let e2e = end_to_end::run(&pool, &db_url, scale, baseline).await;
@@ -175,6 +184,10 @@ async fn main() {
     }
     if run("resync") {
         rows.extend(resync::run(&admin, &base, &scales, baseline).await);
+    }
+    if run("stalled") {
+        rows.extend(stalled::run(&db_url).await);
+        truncate(&pool).await;
     }
 
     pool.close().await;
