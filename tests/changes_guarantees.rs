@@ -18,12 +18,14 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 async fn insert_hotel(conn: &mut PgConnection, id: &str, version: i64) {
-    sqlx::query("insert into hotels (id, name, created_at, updated_at, clerk_version) values ($1, $1, now(), now(), $2)")
-        .bind(id)
-        .bind(version)
-        .execute(conn)
-        .await
-        .unwrap();
+    sqlx::query(
+        "insert into hotels (id, name, created_at, updated_at, clerk_version) values ($1, $1, now(), now(), $2)",
+    )
+    .bind(id)
+    .bind(version)
+    .execute(conn)
+    .await
+    .unwrap();
 }
 
 /// Renames hotel `id` (an effective change) and sets its version.
@@ -288,7 +290,11 @@ async fn racing_sequencers_one_killed_mid_tick_number_every_committed_change_onc
     );
     assert!(tick_wrote, "the killed tick had moved and numbered changes");
     let ids: Vec<i64> = seen.iter().map(|(id, _, _)| *id).collect();
-    assert_eq!(ids, (1..=k).collect::<Vec<_>>(), "positions exactly 1..K, each read once");
+    assert_eq!(
+        ids,
+        (1..=k).collect::<Vec<_>>(),
+        "positions exactly 1..K, each read once"
+    );
     let read: BTreeSet<(String, i64)> = seen.iter().map(|(_, e, v)| (e.clone(), *v)).collect();
     assert_eq!(read.len(), seen.len(), "no change twice");
     assert_eq!(read, committed.changes, "the set read is the set committed");
@@ -297,7 +303,11 @@ async fn racing_sequencers_one_killed_mid_tick_number_every_committed_change_onc
         let before = last.insert(e, *v).unwrap_or(0);
         assert!(*v > before, "{e}: version {v} after {before}");
     }
-    assert_eq!(readable(&pool).await, seen, "the table holds exactly what the reader read");
+    assert_eq!(
+        readable(&pool).await,
+        seen,
+        "the table holds exactly what the reader read"
+    );
     let head: i64 = sqlx::query_scalar("select last_id from changes_sequencer")
         .fetch_one(&pool)
         .await
@@ -308,7 +318,12 @@ async fn racing_sequencers_one_killed_mid_tick_number_every_committed_change_onc
     while (b_lines.lock().unwrap().len() as i64) < k && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let b_ids: Vec<i64> = b_lines.lock().unwrap().iter().map(|v| v["id"].as_i64().unwrap()).collect();
+    let b_ids: Vec<i64> = b_lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(b_ids, (1..=k).collect::<Vec<_>>());
 }
 
@@ -450,13 +465,17 @@ async fn a_table_joins_the_feed_in_one_statement() {
         .into_iter()
         .map(|c| (c.entity, c.entity_id, c.op, c.clerk_version, c.job_id))
         .collect();
-    let row = |id: &str, op: &str, v: i64, job: i64| ("role_set".to_owned(), id.to_owned(), op.to_owned(), v, Some(job));
+    let row =
+        |id: &str, op: &str, v: i64, job: i64| ("role_set".to_owned(), id.to_owned(), op.to_owned(), v, Some(job));
     let mut expected = vec![row("default", "created", 1, 7), row("other", "created", 1, 8)];
     expected.sort(); // one statement's rows come in any order
     let mut first_two = got[..2].to_vec();
     first_two.sort();
     assert_eq!(first_two, expected);
-    assert_eq!(got[2..], [row("default", "updated", 3, 7), row("other", "deleted", 4, 8)]);
+    assert_eq!(
+        got[2..],
+        [row("default", "updated", 3, 7), row("other", "deleted", 4, 8)]
+    );
     // The entity check knows it; an unknown entity is still refused.
     let refused = sqlx::query(
         "insert into pending_changes (entity, entity_id, op, clerk_version) values ('nonsense', 'x', 'created', 1)",
@@ -497,7 +516,11 @@ async fn status_reports_changes_waiting_for_the_sequencer() {
         .await
         .unwrap();
     assert_eq!(
-        (status.queue.changes_pending, status.queue.changes_last_id, status.healthy),
+        (
+            status.queue.changes_pending,
+            status.queue.changes_last_id,
+            status.healthy
+        ),
         (0, 2, true)
     );
     let ids: HashSet<i64> = readable(&pool).await.into_iter().map(|(id, _, _)| id).collect();

@@ -94,7 +94,10 @@ pub async fn tick(pool: &PgPool) -> Result<Tick, sqlx::Error> {
 /// Ticks every `settings.tick` until `cancel` fires (a full batch is followed at once by the
 /// next). Errors are logged and retried at the next tick.
 pub async fn run(pool: PgPool, settings: SequencerSettings, cancel: CancellationToken) {
-    tracing::debug!(tick_ms = settings.tick.as_millis() as u64, "change feed sequencer started");
+    tracing::debug!(
+        tick_ms = settings.tick.as_millis() as u64,
+        "change feed sequencer started"
+    );
     while !cancel.is_cancelled() {
         match tick(&pool).await {
             Ok(Tick::Moved { changes, .. }) if changes as i64 >= BATCH => continue,
