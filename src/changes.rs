@@ -32,17 +32,17 @@ use sqlx::PgPool;
 pub const NOTIFY_CHANNEL: &str = "orgsync_changes";
 
 /// The entities the feed reports.
-pub const ENTITIES: &[&str] = &["hotel", "user", "membership", "role", "permission", "invitation"];
+pub const ENTITIES: &[&str] = &["hotel", "user", "membership", "role", "permission", "invitation", "role_set"];
 
 /// One row of the feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Change {
     pub id: i64,
     pub at: DateTime<Utc>,
-    /// `hotel`, `user`, `membership`, `role`, `permission` or `invitation`.
+    /// `hotel`, `user`, `membership`, `role`, `permission`, `invitation` or `role_set`.
     pub entity: String,
-    /// The hotel id, the user id, the Clerk membership id, or the role, permission or
-    /// invitation id.
+    /// The hotel id, the user id, the Clerk membership id, or the role, permission, invitation
+    /// or role set id.
     pub entity_id: String,
     /// The hotel of a hotel, membership or invitation change.
     pub hotel_id: Option<String>,

@@ -34,6 +34,7 @@ mod ingest;
 mod measure;
 mod reconcile;
 mod resync;
+mod sampler;
 mod serve;
 mod stalled;
 
@@ -69,12 +70,16 @@ impl Row {
     }
 }
 
-/// Empties the job and domain tables (and what refers to them).
+/// Empties the job and domain tables (and what refers to them), and starts the change feed over
+/// (its sequence restarts, so the sequencer's floor must too).
 pub async fn truncate(pool: &PgPool) {
-    sqlx::query("truncate jobs, memberships, hotels, users, changes, snapshot_marks restart identity cascade")
-        .execute(pool)
-        .await
-        .unwrap();
+    sqlx::raw_sql(
+        "truncate jobs, memberships, hotels, users, changes, pending_changes, snapshot_marks restart identity cascade;
+         update changes_sequencer set last_id = 0, floor_seq = 0, candidate_seq = null, candidate_xid = null;",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 fn env_f64(name: &str, default: f64) -> f64 {
@@ -160,7 +165,7 @@ async fn main() {
         truncate(&pool).await;
     }
     if run("reconcile") {
-        rows.extend(reconcile::run(&pool, scale, baseline).await);
+        rows.extend(reconcile::run(&pool, &db_url, scale, baseline).await);
     }
     if run("e2e") {
         rows.extend(end_to_end::run(&pool, &db_url, scale, baseline).await);

@@ -25,6 +25,7 @@ use serde::Deserialize;
 mod access;
 mod budget;
 mod response;
+mod role_sets;
 mod writes;
 
 use budget::Budget;
