@@ -159,6 +159,9 @@ async fn the_real_binary_serves_the_api_and_never_logs_a_token() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
+    let timing = created.headers()["server-timing"].to_str().unwrap().to_owned();
+    let clerk_ms: f64 = timing.strip_prefix("clerk;dur=").unwrap().parse().unwrap();
+    assert!(clerk_ms > 0.0, "the answer says how long Clerk took: {timing}");
     let hotel: Value = created.json().await.unwrap();
     let rows: i64 = sqlx::query_scalar("select count(*) from memberships where hotel_id = $1")
         .bind(hotel["id"].as_str().unwrap())
