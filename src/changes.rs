@@ -32,7 +32,15 @@ use sqlx::PgPool;
 pub const NOTIFY_CHANNEL: &str = "orgsync_changes";
 
 /// The entities the feed reports.
-pub const ENTITIES: &[&str] = &["hotel", "user", "membership", "role", "permission", "invitation", "role_set"];
+pub const ENTITIES: &[&str] = &[
+    "hotel",
+    "user",
+    "membership",
+    "role",
+    "permission",
+    "invitation",
+    "role_set",
+];
 
 /// One row of the feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]

@@ -25,6 +25,10 @@
 //! | `orgsync_http_connections_evicted_total` | counter | `listener` |
 //! | `orgsync_http_connections_shed_total` | counter | `listener` |
 //! | `orgsync_http_header_timeouts_total` | counter | `listener` |
+//! | `orgsync_api_requests_total` | counter | `route` (method and pattern), `status` |
+//! | `orgsync_api_request_duration_seconds` | histogram | `route` |
+//! | `orgsync_clerk_writes_total` | counter | `operation`, `outcome` (ok, rejected, not_found, auth, rate_limited, unavailable, unknown, decode) |
+//! | `orgsync_api_mirror_pending_total` | counter | `operation` |
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -173,6 +177,23 @@ fn describe() {
     describe_counter!(
         "orgsync_changes_sequenced_total",
         "Changes this process's sequencer made readable in the change feed."
+    );
+    describe_counter!(
+        "orgsync_api_requests_total",
+        "Requests to the /v1 API, by route (method and pattern, never ids) and status."
+    );
+    describe_histogram!(
+        "orgsync_api_request_duration_seconds",
+        Unit::Seconds,
+        "Time to answer a /v1 API request, Clerk's time included, by route."
+    );
+    describe_counter!(
+        "orgsync_clerk_writes_total",
+        "Writes sent to the Clerk Backend API by the write path, by operation and final outcome."
+    );
+    describe_counter!(
+        "orgsync_api_mirror_pending_total",
+        "Writes Clerk made that the mirror could not take at once (answered 502 mirror_pending; the webhook or the resync converges them), by operation."
     );
     describe_gauge!(
         "orgsync_database_up",

@@ -453,9 +453,14 @@ impl Harness {
         for row in view.as_array().unwrap() {
             let (hotel, role) = (row[0].as_str().unwrap(), row[1].as_str().unwrap());
             let i = state.orgs.keys().position(|o| o == hotel).unwrap();
-            let expected = role_sets.get(i % role_sets.len().max(1)).map(|s| s.roles.iter().any(|r| r == role));
+            let expected = role_sets
+                .get(i % role_sets.len().max(1))
+                .map(|s| s.roles.iter().any(|r| r == role));
             if row[2] != serde_json::json!(expected) {
-                return Err(format!("member_permissions says role_in_role_set {} for {hotel} / {role}", row[2]));
+                return Err(format!(
+                    "member_permissions says role_in_role_set {} for {hotel} / {role}",
+                    row[2]
+                ));
             }
         }
         if want != got {

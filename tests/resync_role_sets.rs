@@ -33,7 +33,12 @@ async fn fake_with_role_sets(role_of_member: &str) -> FakeClerk {
         fake.put_role(&role(id, key, &[], BASE, BASE));
     }
     fake.put_role_set(&role_set(FRONT, "role_set:front", &["org:admin", "org:desk"], BASE));
-    fake.put_role_set(&role_set(NIGHT, "role_set:night", &["org:admin", "org:night"], BASE + 1));
+    fake.put_role_set(&role_set(
+        NIGHT,
+        "role_set:night",
+        &["org:admin", "org:night"],
+        BASE + 1,
+    ));
     let mut hotel = org(HOTEL, "Role Set Hotel", BASE, BASE);
     hotel["role_set_key"] = "role_set:front".into();
     let person = user(PERSON, "person@example.com", "Per", "Son", BASE, BASE);
@@ -95,7 +100,10 @@ async fn resync_mirrors_role_sets_and_tombstones_only_what_clerk_confirms_gone()
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!((default.as_str(), creator.as_str(), kind.as_str()), ("org:desk", "org:admin", "custom"));
+    assert_eq!(
+        (default.as_str(), creator.as_str(), kind.as_str()),
+        ("org:desk", "org:admin", "custom")
+    );
     let key: Option<String> = sqlx::query_scalar("select role_set_key from hotels where id = $1")
         .bind(HOTEL)
         .fetch_one(&pool)
@@ -107,7 +115,10 @@ async fn resync_mirrors_role_sets_and_tombstones_only_what_clerk_confirms_gone()
     assert_eq!(json["role_sets"]["created"], 2);
     assert_eq!(json["listed"]["role_sets"], 2);
     let text = orgsync::resync::render_text(&report, true);
-    assert!(text.contains("+ role_set rs_front") && text.contains("2 role sets"), "{text}");
+    assert!(
+        text.contains("+ role_set rs_front") && text.contains("2 role sets"),
+        "{text}"
+    );
 
     // Nothing changed: nothing written.
     let before = role_set_fingerprint(&pool).await;
@@ -132,7 +143,11 @@ async fn resync_mirrors_role_sets_and_tombstones_only_what_clerk_confirms_gone()
     assert!(role_keys(&pool, NIGHT).await.is_empty());
     fake.put_role_set(&role_set(NIGHT, "role_set:night", &["org:admin"], BASE + 50));
     let report = resync(&pool, &fake.client(), &opts()).await.unwrap();
-    assert!(report.role_sets.is_empty(), "a tombstone is final: {:?}", report.to_json(true));
+    assert!(
+        report.role_sets.is_empty(),
+        "a tombstone is final: {:?}",
+        report.to_json(true)
+    );
     assert_eq!(role_set_row(&pool, NIGHT).await.unwrap().1, true);
 
     // The feed: created twice, then the tombstone; all from the resync.
@@ -142,10 +157,17 @@ async fn resync_mirrors_role_sets_and_tombstones_only_what_clerk_confirms_gone()
             .fetch_all(&pool)
             .await
             .unwrap();
-    let ops: Vec<(&str, &str, &str)> = feed.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())).collect();
+    let ops: Vec<(&str, &str, &str)> = feed
+        .iter()
+        .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
+        .collect();
     assert_eq!(
         ops,
-        [(FRONT, "created", "resync"), (NIGHT, "created", "resync"), (NIGHT, "deleted", "resync")]
+        [
+            (FRONT, "created", "resync"),
+            (NIGHT, "created", "resync"),
+            (NIGHT, "deleted", "resync")
+        ]
     );
     let url = test_database_url(&pool).await;
     let run = common::cli::orgsync(&url, &["changes", "--entity", "role_set", "--json"]).await;
@@ -191,7 +213,12 @@ async fn role_sets_page_past_500_and_a_429_is_waited_out() {
         .collect();
     assert_eq!(
         pages,
-        [("0".into(), 200), ("500".into(), 429), ("500".into(), 429), ("500".into(), 200)]
+        [
+            ("0".into(), 200),
+            ("500".into(), 429),
+            ("500".into(), 429),
+            ("500".into(), 200)
+        ]
     );
 }
 
@@ -228,7 +255,15 @@ async fn a_failed_listing_or_confirmation_deletes_no_role_set() {
     .unwrap();
     let mut tx = pool.begin().await.unwrap();
     reconcile::begin(&mut tx, Source::Resync).await.unwrap();
-    role_sets::upsert(&mut tx, &[Item { job: None, value: &fresh }]).await.unwrap();
+    role_sets::upsert(
+        &mut tx,
+        &[Item {
+            job: None,
+            value: &fresh,
+        }],
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     let fake = fake_with_role_sets("org:desk").await;
     fake.delete_role_set(NIGHT);
@@ -236,7 +271,10 @@ async fn a_failed_listing_or_confirmation_deletes_no_role_set() {
     assert_eq!(report.role_sets.deleted.ids(), [NIGHT]);
     assert_eq!(report.skipped.deletes_newer_than_listing, 1);
     assert_eq!(fake.requests("/v1/role_sets/rs_fresh00000000000000000001"), 0);
-    assert_eq!(role_set_row(&pool, "rs_fresh00000000000000000001").await.unwrap().1, false);
+    assert_eq!(
+        role_set_row(&pool, "rs_fresh00000000000000000001").await.unwrap().1,
+        false
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -249,8 +287,16 @@ async fn a_dry_run_and_a_refused_mass_delete_write_no_role_set() {
         ..opts()
     };
     let report = resync(&pool, &fake.client(), &dry).await.unwrap();
-    assert_eq!(report.role_sets.created.ids(), [FRONT, NIGHT], "the difference is reported");
-    assert_eq!(scalar_i64(&pool, "select count(*) from role_sets").await, 0, "and not written");
+    assert_eq!(
+        report.role_sets.created.ids(),
+        [FRONT, NIGHT],
+        "the difference is reported"
+    );
+    assert_eq!(
+        scalar_i64(&pool, "select count(*) from role_sets").await,
+        0,
+        "and not written"
+    );
 
     resync(&pool, &fake.client(), &opts()).await.unwrap();
     // The member's role (org:night) is not in the hotel's set (front): counted.

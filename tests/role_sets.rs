@@ -84,7 +84,12 @@ async fn apply(pool: &PgPool, event: &Value) {
 async fn newer_wins_roles_are_replaced_whole_and_tombstones_are_final() {
     let db = TestDb::new().await;
     let pool = &db.pool;
-    let v2 = role_set(RS1, "role_set:front", &[("org:desk", "role_2desk"), ("org:admin", "role_2admin")], T0 + 20);
+    let v2 = role_set(
+        RS1,
+        "role_set:front",
+        &[("org:desk", "role_2desk"), ("org:admin", "role_2admin")],
+        T0 + 20,
+    );
     assert_eq!(write(pool, &[v2]).await.outcomes, [Outcome::Written]);
     assert_eq!(roles_of(pool, RS1).await, ["org:admin", "org:desk"]);
     let (default, creator): (Option<String>, Option<String>) =
@@ -93,12 +98,18 @@ async fn newer_wins_roles_are_replaced_whole_and_tombstones_are_final() {
             .fetch_one(pool)
             .await
             .unwrap();
-    assert_eq!((default.as_deref(), creator.as_deref()), (Some("org:desk"), Some("org:desk")));
+    assert_eq!(
+        (default.as_deref(), creator.as_deref()),
+        (Some("org:desk"), Some("org:desk"))
+    );
 
     // An older version (one role) changes nothing; an equal one neither.
     let v1 = role_set(RS1, "role_set:front", &[("org:desk", "role_2desk")], T0 + 10);
     let same = role_set(RS1, "role_set:front", &[("org:night", "role_2night")], T0 + 20);
-    assert_eq!(write(pool, &[v1, same]).await.outcomes, [Outcome::Unchanged, Outcome::Unchanged]);
+    assert_eq!(
+        write(pool, &[v1, same]).await.outcomes,
+        [Outcome::Unchanged, Outcome::Unchanged]
+    );
     assert_eq!(roles_of(pool, RS1).await, ["org:admin", "org:desk"]);
 
     // A newer one replaces the roles as a whole.
@@ -128,21 +139,19 @@ async fn newer_wins_roles_are_replaced_whole_and_tombstones_are_final() {
     assert!(roles_of(pool, RS1).await.is_empty());
     let late = role_set(RS1, "role_set:front", &[("org:desk", "role_2desk")], T0 + 50);
     let successor = role_set(RS2, "role_set:front", &[("org:desk", "role_2desk")], T0 + 50);
-    assert_eq!(write(pool, &[late, successor]).await.outcomes, [Outcome::Unchanged, Outcome::Written]);
+    assert_eq!(
+        write(pool, &[late, successor]).await.outcomes,
+        [Outcome::Unchanged, Outcome::Written]
+    );
     assert_eq!(row(pool, RS1).await.unwrap().2, true);
     assert_eq!(row(pool, RS2).await, Some(("role_set:front".into(), T0 + 50, false)));
 
     // The feed: one row per effective change (the unchanged writes made none).
     let rows = feed(pool, "role_set").await;
-    let expected: Vec<(String, String)> = [
-        (RS1, "created"),
-        (RS1, "updated"),
-        (RS1, "deleted"),
-        (RS2, "created"),
-    ]
-    .iter()
-    .map(|(a, b)| (a.to_string(), b.to_string()))
-    .collect();
+    let expected: Vec<(String, String)> = [(RS1, "created"), (RS1, "updated"), (RS1, "deleted"), (RS2, "created")]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
     assert_eq!(rows, expected);
     orgsync::changes::sequence_now(pool).await.unwrap();
     let source: String = sqlx::query_scalar("select source from changes where entity = 'role_set' limit 1")
@@ -195,7 +204,16 @@ async fn members_outside_the_hotels_role_set_are_named_by_the_view_and_by_orgsyn
     hotel["data"]["role_set_key"] = json!("role_set:front");
     apply(pool, &hotel).await;
     apply(pool, &user("user.created", U, "Desk", "desk@example.com", T0, T0, T0)).await;
-    let mut member = membership("organizationMembership.created", "orgmem_2desk", H, U, "org:night", T0, T0, T0);
+    let mut member = membership(
+        "organizationMembership.created",
+        "orgmem_2desk",
+        H,
+        U,
+        "org:night",
+        T0,
+        T0,
+        T0,
+    );
     member["data"]["permissions"] = json!(["org:bookings:read"]);
     apply(pool, &member).await;
     let key: Option<String> = sqlx::query_scalar("select role_set_key from hotels where id = $1")
@@ -224,7 +242,11 @@ async fn members_outside_the_hotels_role_set_are_named_by_the_view_and_by_orgsyn
     assert!(access.notes[0].contains("not mirrored"), "{:?}", access.notes);
 
     // Mirrored, without the member's role: the view says false, access says why.
-    write(pool, &[role_set(RS1, "role_set:front", &[("org:desk", "role_2desk")], T0)]).await;
+    write(
+        pool,
+        &[role_set(RS1, "role_set:front", &[("org:desk", "role_2desk")], T0)],
+    )
+    .await;
     assert_eq!(in_set().await, Some(false));
     let access = orgsync::ops::access::check_access(pool, U, H, None).await.unwrap();
     assert_eq!(access.exit_code(), 0, "the member still holds access");
@@ -238,12 +260,20 @@ async fn members_outside_the_hotels_role_set_are_named_by_the_view_and_by_orgsyn
     let mut text = Vec::new();
     orgsync::ops::access::write_access(&mut text, &access).unwrap();
     let text = String::from_utf8(text).unwrap();
-    assert!(text.contains("does NOT list this role") && text.contains("Clerk would refuse"), "{text}");
+    assert!(
+        text.contains("does NOT list this role") && text.contains("Clerk would refuse"),
+        "{text}"
+    );
 
     // The role set gains the role: true, no note.
     write(
         pool,
-        &[role_set(RS1, "role_set:front", &[("org:desk", "role_2desk"), ("org:night", "role_2night")], T0 + 1)],
+        &[role_set(
+            RS1,
+            "role_set:front",
+            &[("org:desk", "role_2desk"), ("org:night", "role_2night")],
+            T0 + 1,
+        )],
     )
     .await;
     assert_eq!(in_set().await, Some(true));

@@ -27,7 +27,9 @@ async fn every_request_needs_a_live_token_and_writes_a_read_write_one() {
         .await
         .unwrap()
         .token;
-    tokens::revoke(&db.pool, &TokenName::parse("old").unwrap()).await.unwrap();
+    tokens::revoke(&db.pool, &TokenName::parse("old").unwrap())
+        .await
+        .unwrap();
     let hotel = w.create_hotel("Hotel Alpine").await;
     let path = format!("/v1/hotels/{}", hotel["id"].as_str().unwrap());
     let body = json!({"name": "Hotel B", "created_by": "user_maria"});
@@ -47,15 +49,27 @@ async fn every_request_needs_a_live_token_and_writes_a_read_write_one() {
         }
     };
     let sent = w.fake.log().len();
-    for token in [None, Some("osk_000000000000_nope".to_owned()), Some(revoked.clone()), Some("Basic x".into())] {
+    for token in [
+        None,
+        Some("osk_000000000000_nope".to_owned()),
+        Some(revoked.clone()),
+        Some("Basic x".into()),
+    ] {
         let (status, answer) = send(token.clone(), "POST", "/v1/hotels").await;
         assert_eq!(status, 401, "{token:?}");
         assert_eq!(answer["error"]["code"], "unauthorized");
         assert_eq!(send(token, "GET", &path).await.0, 401);
     }
-    assert_eq!(send(None, "GET", "/v1/no/such/route").await.0, 401, "even unknown routes");
+    assert_eq!(
+        send(None, "GET", "/v1/no/such/route").await.0,
+        401,
+        "even unknown routes"
+    );
     let (status, answer) = send(Some(reader.clone()), "POST", "/v1/hotels").await;
-    assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("read_only_token")));
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (403, Some("read_only_token"))
+    );
     assert_eq!(send(Some(reader.clone()), "DELETE", &path).await.0, 403);
     assert_eq!(send(Some(reader), "GET", &path).await.0, 200, "a read-only token reads");
     assert_eq!(w.fake.log().len(), sent, "nothing refused reached Clerk");
@@ -76,22 +90,32 @@ async fn the_api_refuses_to_serve_beyond_loopback_without_any_token() {
     // Loopback needs none, and with a token any address is fine.
     let mut local = cfg.clone();
     local.api_listen = Some("127.0.0.1:0".parse().unwrap());
-    assert!(orgsync::app::Application::build_with_pool(local, db.pool.clone()).await.is_ok());
+    assert!(orgsync::app::Application::build_with_pool(local, db.pool.clone())
+        .await
+        .is_ok());
     tokens::create(&db.pool, &TokenName::parse("app").unwrap(), Access::ReadOnly)
         .await
         .unwrap();
-    let app = orgsync::app::Application::build_with_pool(cfg, db.pool.clone()).await.unwrap();
+    let app = orgsync::app::Application::build_with_pool(cfg, db.pool.clone())
+        .await
+        .unwrap();
     assert!(app.api_port().is_some());
     // Without a Clerk key there is no API at all.
     let mut no_clerk = write_config(&fake);
     no_clerk.clerk = None;
-    let app = orgsync::app::Application::build_with_pool(no_clerk, db.pool.clone()).await.unwrap();
+    let app = orgsync::app::Application::build_with_pool(no_clerk, db.pool.clone())
+        .await
+        .unwrap();
     assert_eq!(app.api_port(), None);
 }
 
 /// A free local port (bound and released).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -135,6 +159,9 @@ async fn the_real_binary_serves_the_api_and_never_logs_a_token() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
+    let timing = created.headers()["server-timing"].to_str().unwrap().to_owned();
+    let clerk_ms: f64 = timing.strip_prefix("clerk;dur=").unwrap().parse().unwrap();
+    assert!(clerk_ms > 0.0, "the answer says how long Clerk took: {timing}");
     let hotel: Value = created.json().await.unwrap();
     let rows: i64 = sqlx::query_scalar("select count(*) from memberships where hotel_id = $1")
         .bind(hotel["id"].as_str().unwrap())
@@ -151,7 +178,10 @@ async fn the_real_binary_serves_the_api_and_never_logs_a_token() {
     assert!(text.contains("/v1 API"), "the log says the API serves: {text}");
     let secret_part = token.rsplit('_').next().unwrap();
     assert!(!text.contains(secret_part), "a token reached the log");
-    assert!(!text.contains(&wrong[wrong.len() - 20..]), "a presented token reached the log");
+    assert!(
+        !text.contains(&wrong[wrong.len() - 20..]),
+        "a presented token reached the log"
+    );
     assert!(!text.contains(KEY), "the Clerk key reached the log");
 }
 
@@ -179,7 +209,12 @@ async fn the_cli_creates_invites_manages_members_and_confirms_deletes() {
     let db = TestDb::new().await;
     let fake = FakeClerk::start().await;
     put_people(&fake);
-    let run = cli(&db, &fake, &["hotels", "create", "Hotel Alpine", "--admin", "user_maria", "--json"]).await;
+    let run = cli(
+        &db,
+        &fake,
+        &["hotels", "create", "Hotel Alpine", "--admin", "user_maria", "--json"],
+    )
+    .await;
     assert_eq!(run.code, 0, "{run:?}");
     let hotel: Value = serde_json::from_str(&run.stdout).unwrap();
     let id = hotel["id"].as_str().unwrap().to_owned();
@@ -194,9 +229,19 @@ async fn the_cli_creates_invites_manages_members_and_confirms_deletes() {
     let run = cli(&db, &fake, &["invite", &id, "ana@example.com", "--role", "org:member"]).await;
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("pending"), "{run:?}");
-    let run = cli(&db, &fake, &["members", "add", &id, "user_tom", "--role", "org:member", "--json"]).await;
+    let run = cli(
+        &db,
+        &fake,
+        &["members", "add", &id, "user_tom", "--role", "org:member", "--json"],
+    )
+    .await;
     assert_eq!(run.code, 0, "{run:?}");
-    let run = cli(&db, &fake, &["members", "set-role", &id, "user_tom", "--role", "org:admin"]).await;
+    let run = cli(
+        &db,
+        &fake,
+        &["members", "set-role", &id, "user_tom", "--role", "org:admin"],
+    )
+    .await;
     assert_eq!(run.code, 0, "{run:?}");
     let role: String = sqlx::query_scalar("select role from memberships where hotel_id = $1 and user_id = 'user_tom'")
         .bind(&id)
@@ -221,7 +266,12 @@ async fn the_cli_creates_invites_manages_members_and_confirms_deletes() {
     assert!(gone["deleted_at"].is_string());
 
     // Clerk's refusal: exit 1 and the API's error body with --json.
-    let run = cli(&db, &fake, &["members", "add", &id, "user_tom", "--role", "org:member", "--json"]).await;
+    let run = cli(
+        &db,
+        &fake,
+        &["members", "add", &id, "user_tom", "--role", "org:member", "--json"],
+    )
+    .await;
     assert_eq!(run.code, 1, "{run:?}");
     let err: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(err["error"]["code"], "not_found", "{err}");

@@ -23,7 +23,8 @@ async fn a_create_whose_answer_was_lost_is_looked_up_by_slug_not_sent_again() {
     let db = TestDb::new().await;
     let w = WriteApp::start(db.pool.clone()).await;
     for (i, mode) in [LostMode::Drop, LostMode::Status(502)].into_iter().enumerate() {
-        w.fake.lose_answer(LostAnswer::new("POST", "/v1/organizations").mode(mode.clone()));
+        w.fake
+            .lose_answer(LostAnswer::new("POST", "/v1/organizations").mode(mode.clone()));
         let name = format!("Hotel Lost {i}");
         let hotel = w.create_hotel(&name).await;
         assert_eq!(hotels_named(&w.fake, &name), 1, "one organization in Clerk ({mode:?})");
@@ -35,12 +36,20 @@ async fn a_create_whose_answer_was_lost_is_looked_up_by_slug_not_sent_again() {
         );
         assert_eq!(hotel["members"][0]["user_id"], "user_maria");
     }
-    assert_eq!(w.fake.requests_with("POST", "/v1/organizations"), 2, "each create was sent once");
+    assert_eq!(
+        w.fake.requests_with("POST", "/v1/organizations"),
+        2,
+        "each create was sent once"
+    );
     w.app.stop().await;
 }
 
 /// Posts `body` to `/v1/hotels` with `key`, in the background.
-fn post_in_background(w: &WriteApp, body: serde_json::Value, key: &str) -> tokio::task::JoinHandle<(u16, serde_json::Value)> {
+fn post_in_background(
+    w: &WriteApp,
+    body: serde_json::Value,
+    key: &str,
+) -> tokio::task::JoinHandle<(u16, serde_json::Value)> {
     let (http, url, token, key) = (w.http.clone(), w.url("/v1/hotels"), w.token.clone(), key.to_owned());
     tokio::spawn(async move {
         let r = http
@@ -94,9 +103,17 @@ async fn a_retry_with_the_same_idempotency_key_after_a_lost_answer_makes_no_seco
     assert_eq!(w.fake.log().len(), sent);
     // The same key with another body is refused.
     let (status, other) = w
-        .call_with("POST", "/v1/hotels", Some(json!({"name": "Other", "created_by": "user_maria"})), &key)
+        .call_with(
+            "POST",
+            "/v1/hotels",
+            Some(json!({"name": "Other", "created_by": "user_maria"})),
+            &key,
+        )
         .await;
-    assert_eq!((status, other["error"]["code"].as_str()), (422, Some("idempotency_key_reused")));
+    assert_eq!(
+        (status, other["error"]["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
     w.app.stop().await;
 }
 
@@ -157,8 +174,12 @@ async fn rate_limits_are_waited_out_within_the_deadline_then_answered_503_with_r
     let fake = fake_clerk::FakeClerk::start().await;
     let w = WriteApp::start_with(db.pool.clone(), fake, |c| c.api.clerk_deadline = Duration::from_secs(5)).await;
     // Two 429s of one second each: within the deadline, the create goes through.
-    w.fake
-        .fail(Failure::new("/v1/organizations", 429).method("POST").retry_after("1").times(2));
+    w.fake.fail(
+        Failure::new("/v1/organizations", 429)
+            .method("POST")
+            .retry_after("1")
+            .times(2),
+    );
     let started = Instant::now();
     w.create_hotel("Hotel Patient").await;
     assert!(started.elapsed() >= Duration::from_secs(2), "Retry-After was honoured");
@@ -181,9 +202,14 @@ async fn rate_limits_are_waited_out_within_the_deadline_then_answered_503_with_r
     assert!(retry_after >= 1, "{retry_after}");
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limited");
-    assert!(started.elapsed() < Duration::from_secs(5), "no waiting past the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no waiting past the deadline"
+    );
     assert_eq!(hotels_named(&w.fake, "Hotel Stormy"), 0);
-    let (status, body) = w.call("GET", "/v1/access?user_id=user_maria&hotel_id=org_x", None).await;
+    let (status, body) = w
+        .call("GET", "/v1/access?user_id=user_maria&hotel_id=org_x", None)
+        .await;
     assert_eq!(status, 200, "reads of the mirror need no Clerk: {body}");
     w.app.stop().await;
 }
@@ -202,9 +228,17 @@ async fn the_request_budget_is_shared_and_bounded_by_the_deadline() {
     w.create_hotel("Hotel One").await;
     let started = Instant::now();
     let (status, body) = w
-        .call("POST", "/v1/hotels", Some(json!({"name": "Hotel Two", "created_by": "user_tom"})))
+        .call(
+            "POST",
+            "/v1/hotels",
+            Some(json!({"name": "Hotel Two", "created_by": "user_tom"})),
+        )
         .await;
-    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("rate_limited")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("rate_limited")),
+        "{body}"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(hotels_named(&w.fake, "Hotel Two"), 0, "nothing was sent");
     w.app.stop().await;
@@ -214,7 +248,9 @@ async fn the_request_budget_is_shared_and_bounded_by_the_deadline() {
 async fn postgres_gone_after_clerk_answered_is_502_mirror_pending_then_the_webhook_converges() {
     let db = TestDb::new().await;
     let proxy = PgProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let url = test_database_url(&db.pool).await.replace(":5432/", &format!(":{}/", proxy.addr.port()));
+    let url = test_database_url(&db.pool)
+        .await
+        .replace(":5432/", &format!(":{}/", proxy.addr.port()));
     let options = orgsync::db::connect_options(&url, &orgsync::db::Schema::default()).unwrap();
     let app_pool = orgsync::db::lazy_pool(
         options,
@@ -235,7 +271,11 @@ async fn postgres_gone_after_clerk_answered_is_502_mirror_pending_then_the_webho
     let path = format!("/v1/organizations/{hotel_id}/memberships");
     let gate = w.fake.gate(&path);
     let add = {
-        let (http, url, token) = (w.http.clone(), w.url(&format!("/v1/hotels/{hotel_id}/members")), w.token.clone());
+        let (http, url, token) = (
+            w.http.clone(),
+            w.url(&format!("/v1/hotels/{hotel_id}/members")),
+            w.token.clone(),
+        );
         tokio::spawn(async move {
             let r = http
                 .post(url)

@@ -28,7 +28,10 @@ async fn a_created_hotel_is_in_the_rows_and_the_feed_at_the_answer_and_its_webho
     assert_eq!(members.len(), 1, "{hotel}");
     assert_eq!(members[0]["user_id"], "user_maria");
     assert_eq!(members[0]["role"], "org:admin");
-    assert_eq!(members[0]["email"], "maria@example.com", "the creator was fetched, not a stub");
+    assert_eq!(
+        members[0]["email"], "maria@example.com",
+        "the creator was fetched, not a stub"
+    );
 
     // In the same breath: rows, the access view and the feed.
     let pool = w.pool();
@@ -69,7 +72,10 @@ async fn a_created_hotel_is_in_the_rows_and_the_feed_at_the_answer_and_its_webho
         .fetch_one(pool)
         .await
         .unwrap();
-    assert!(delivered >= 2, "organization.created and organizationMembership.created were applied");
+    assert!(
+        delivered >= 2,
+        "organization.created and organizationMembership.created were applied"
+    );
     assert_eq!(rows(pool).await, before, "the webhooks changed no row");
     assert_eq!(feed(pool).await.len(), changes.len(), "and made no second change row");
 
@@ -130,7 +136,10 @@ async fn a_webhook_newer_than_the_write_still_wins() {
     jobs_settled(w.pool()).await;
     let (status, answer) = w.call("PATCH", &path, Some(json!({"name": "Stale Name"}))).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["name"], "Future Lodge", "the API's older version does not overwrite it");
+    assert_eq!(
+        answer["name"], "Future Lodge",
+        "the API's older version does not overwrite it"
+    );
     w.app.stop().await;
 }
 
@@ -174,7 +183,11 @@ async fn a_removed_member_is_in_the_feed_before_the_answer() {
 
     let before = rows(w.pool()).await;
     settle(&w).await;
-    assert_eq!(rows(w.pool()).await, before, "the organizationMembership.deleted webhook changed nothing");
+    assert_eq!(
+        rows(w.pool()).await,
+        before,
+        "the organizationMembership.deleted webhook changed nothing"
+    );
     let after = orgsync::changes::read_after(w.pool(), cursor, None, 100).await.unwrap();
     assert_eq!(after.len(), 1, "and made no second change row: {after:?}");
     w.app.stop().await;
@@ -216,11 +229,12 @@ async fn the_onboarding_flow_runs_end_to_end() {
     assert_eq!(status, 201, "{bulk}");
     let invited = bulk["invitations"].as_array().unwrap();
     assert_eq!(invited.len(), 2);
-    let pending: i64 = sqlx::query_scalar("select count(*) from invitations where hotel_id = $1 and status = 'pending'")
-        .bind(&hotel_id)
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    let pending: i64 =
+        sqlx::query_scalar("select count(*) from invitations where hotel_id = $1 and status = 'pending'")
+            .bind(&hotel_id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
     assert_eq!(pending, 3);
     // Zoe's invitation is revoked.
     let (status, revoked) = w
@@ -233,11 +247,19 @@ async fn the_onboarding_flow_runs_end_to_end() {
     settle(&w).await;
     // 4. Tom is added directly, promoted, and Ana is removed.
     let (status, _) = w
-        .call("POST", &format!("{base}/members"), Some(json!({"user_id": "user_tom", "role": "org:member"})))
+        .call(
+            "POST",
+            &format!("{base}/members"),
+            Some(json!({"user_id": "user_tom", "role": "org:member"})),
+        )
         .await;
     assert_eq!(status, 201);
     let (status, tom) = w
-        .call("PATCH", &format!("{base}/members/user_tom"), Some(json!({"role": "org:admin"})))
+        .call(
+            "PATCH",
+            &format!("{base}/members/user_tom"),
+            Some(json!({"role": "org:admin"})),
+        )
         .await;
     assert_eq!(status, 200, "{tom}");
     assert_eq!(tom["role"], "org:admin");
@@ -303,7 +325,11 @@ async fn clerk_refusals_come_back_with_clerk_status_and_code_and_malformed_reque
 
     // Clerk's 4xx: its status and code.
     let (status, body) = w
-        .call("POST", "/v1/hotels", Some(json!({"name": "Other", "slug": slug, "created_by": "user_maria"})))
+        .call(
+            "POST",
+            "/v1/hotels",
+            Some(json!({"name": "Other", "slug": slug, "created_by": "user_maria"})),
+        )
         .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "clerk_rejected");
@@ -324,10 +350,22 @@ async fn clerk_refusals_come_back_with_clerk_status_and_code_and_malformed_reque
         (json!({"created_by": "user_maria"}), "name"),
         (json!({"name": "", "created_by": "user_maria"}), "name"),
         (json!({"name": "A", "created_by": "maria"}), "created_by"),
-        (json!({"name": "A", "created_by": "user_maria", "slug": "Not a slug"}), "slug"),
-        (json!({"name": "A", "created_by": "user_maria", "public_metadata": "x"}), "public_metadata"),
-        (json!({"name": "A", "created_by": "user_maria", "max_allowed_memberships": -1}), "max_allowed_memberships"),
-        (json!({"name": "A", "created_by": "user_maria", "colour": "red"}), "colour"),
+        (
+            json!({"name": "A", "created_by": "user_maria", "slug": "Not a slug"}),
+            "slug",
+        ),
+        (
+            json!({"name": "A", "created_by": "user_maria", "public_metadata": "x"}),
+            "public_metadata",
+        ),
+        (
+            json!({"name": "A", "created_by": "user_maria", "max_allowed_memberships": -1}),
+            "max_allowed_memberships",
+        ),
+        (
+            json!({"name": "A", "created_by": "user_maria", "colour": "red"}),
+            "colour",
+        ),
     ] {
         let (status, answer) = w.call("POST", "/v1/hotels", Some(body.clone())).await;
         assert_eq!(status, 422, "{body} → {answer}");
@@ -350,16 +388,66 @@ async fn clerk_refusals_come_back_with_clerk_status_and_code_and_malformed_reque
             Some(json!([{"email_address": "a@x.test", "role": "org:member"}, {"email_address": "nope", "role": "org:member"}])),
         )
         .await;
-    assert_eq!((status, answer["error"]["field"].as_str()), (422, Some("[1].email_address")), "{answer}");
-    let (status, _) = w.call("PATCH", "/v1/hotels/not_an_org", Some(json!({"name": "x"}))).await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (422, Some("[1].email_address")),
+        "{answer}"
+    );
+    let (status, _) = w
+        .call("PATCH", "/v1/hotels/not_an_org", Some(json!({"name": "x"})))
+        .await;
     assert_eq!(status, 422);
     let (status, answer) = w.call("GET", "/v1/access?user_id=user_maria", None).await;
     assert_eq!((status, answer["error"]["field"].as_str()), (422, Some("hotel_id")));
     let big = "x".repeat(300 * 1024);
     let (status, _) = w
-        .call("POST", "/v1/hotels", Some(json!({"name": "A", "created_by": "user_maria", "public_metadata": {"a": big}})))
+        .call(
+            "POST",
+            "/v1/hotels",
+            Some(json!({"name": "A", "created_by": "user_maria", "public_metadata": {"a": big}})),
+        )
         .await;
     assert_eq!(status, 413);
     assert_eq!(w.fake.log().len(), sent, "nothing reached Clerk");
+
+    let metrics = w
+        .app
+        .client
+        .get(w.app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let has = |name: &str, labels: &[&str]| {
+        metrics
+            .lines()
+            .any(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+    };
+    assert!(
+        has(
+            "orgsync_api_requests_total",
+            &[r#"route="POST /v1/hotels""#, r#"status="422""#]
+        ),
+        "{metrics}"
+    );
+    assert!(has(
+        "orgsync_api_requests_total",
+        &[r#"route="POST /v1/hotels""#, r#"status="201""#]
+    ));
+    assert!(has(
+        "orgsync_api_request_duration_seconds_bucket",
+        &[r#"route="POST /v1/hotels""#]
+    ));
+    assert!(has(
+        "orgsync_clerk_writes_total",
+        &[r#"operation="create_organization""#, r#"outcome="ok""#]
+    ));
+    assert!(has(
+        "orgsync_clerk_writes_total",
+        &[r#"operation="create_organization""#, r#"outcome="rejected""#]
+    ));
+    assert!(!metrics.contains("org_3fake"), "no ids in labels");
     w.app.stop().await;
 }

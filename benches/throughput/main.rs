@@ -19,17 +19,21 @@
 //! 6. resync ([`resync`]): the real `orgsync resync` against a fake Clerk API, from empty and
 //!    unchanged, with the child's own peak RSS, at one or more scales;
 //! 7. stalled ([`stalled`]): the real `orgsync serve` holding 10,000 stalled connections, its RSS
-//!    and the latency of genuine deliveries posted meanwhile.
+//!    and the latency of genuine deliveries posted meanwhile;
+//! 8. api ([`api`]): the `/v1` write path of the real `orgsync serve` against the write-capable
+//!    fake Clerk in a child process answering after 20 ms: p50/p99 of `POST /v1/hotels` and
+//!    `DELETE …/members/{user_id}` at 50 concurrent requests, end to end and orgsync's own share.
 //!
 //! Knobs: `ORGSYNC_BENCH_SECONDS` (length of each timed phase of the baseline and ingest,
 //! default 5), `ORGSYNC_BENCH_SCALE` (a factor on the dataset sizes, default 1.0),
 //! `ORGSYNC_BENCH_SCALES` (e.g. `1,5`: the resync phase at each scale, ratios to the first),
 //! `ORGSYNC_BENCH_ONLY` (`ingest`, `reconcile`, `e2e`, `peer` (with `e2e`, for the ratio),
-//! `resync` or `stalled`, with the baseline), `ORGSYNC_BENCH_PEER_CONCURRENCY` (the peer's
+//! `resync`, `stalled` or `api`, with the baseline), `ORGSYNC_BENCH_PEER_CONCURRENCY` (the peer's
 //! Graphile concurrency),
 //! `DATABASE_URL` (the server; databases `orgsync_bench` and `orgsync_bench_resync_<n>` are
 //! created on it and dropped at the end). Every failed check panics, so the bench exits non-zero.
 
+mod api;
 mod baseline;
 mod deliver;
 mod end_to_end;
@@ -44,6 +48,9 @@ mod resync;
 mod sampler;
 mod serve;
 mod stalled;
+/// The tests' write-capable fake Clerk, served by this binary re-executed (the api phase).
+#[path = "../../tests/fake_clerk/mod.rs"]
+mod test_fake_clerk;
 
 use std::time::Duration;
 
@@ -110,6 +117,8 @@ fn resync_scales(scale: f64) -> Vec<f64> {
 
 #[tokio::main]
 async fn main() {
+    // The api phase's fake Clerk is this binary in a child process.
+    api::serve_fake_if_asked().await;
     // `cargo bench` passes `--bench`; nothing else is expected.
     let seconds = env_f64("ORGSYNC_BENCH_SECONDS", 5.0);
     let scale = env_f64("ORGSYNC_BENCH_SCALE", 1.0);
@@ -154,8 +163,8 @@ async fn main() {
     );
     println!();
 
-    // ORGSYNC_BENCH_ONLY=ingest|reconcile|e2e|peer|resync|stalled runs the baseline and that phase
-    // alone (peer with e2e: its figure is a ratio to it).
+    // ORGSYNC_BENCH_ONLY=ingest|reconcile|e2e|peer|resync|stalled|api runs the baseline and that
+    // phase alone (peer with e2e: its figure is a ratio to it).
     let only = std::env::var("ORGSYNC_BENCH_ONLY").unwrap_or_default();
     let run = |name: &str| only.is_empty() || only == name;
     let mut rows = Vec::new();
@@ -188,6 +197,9 @@ async fn main() {
     if run("stalled") {
         rows.extend(stalled::run(&db_url).await);
         truncate(&pool).await;
+    }
+    if run("api") {
+        rows.extend(api::run(&pool, &db_url, scale).await);
     }
 
     pool.close().await;

@@ -18,11 +18,11 @@ impl Serve {
     /// bench migrates its database), with `args` added to the command line and `env` to its
     /// environment, and waits until it answers `/readyz`. Panics when it does not within 10 s.
     pub async fn start(db_url: &str, args: &[&str], env: &[(&str, String)]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Self::start_at(free_port(), db_url, args, env).await
+    }
+
+    /// [`Serve::start`] on loopback port `port` (for a peer that must know it beforehand).
+    pub async fn start_at(port: u16, db_url: &str, args: &[&str], env: &[(&str, String)]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_orgsync"));
         command
@@ -63,4 +63,13 @@ impl Serve {
             .status();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
     }
+}
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -10,6 +10,7 @@
 //!   ([`ApiError`]).
 //! - A write runs to its end in a task of its own once started, even when the client goes away,
 //!   so Clerk's change always reaches the mirror (or is reported `mirror_pending` in the log).
+//! - Every answer says how long it waited for Clerk: `Server-Timing: clerk;dur=<ms>`.
 //! - Metrics: `orgsync_api_requests_total{route,status}`, `orgsync_api_request_duration_seconds
 //!   {route}` (and `orgsync_clerk_writes_total{operation,outcome}` from the Clerk client).
 //!
@@ -26,7 +27,11 @@ pub mod json;
 pub mod members;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
+
+use axum::http::HeaderValue;
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::{self, Next};
@@ -91,7 +96,9 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Counts and times every request by its route pattern (never its ids) and status.
+/// Counts and times every request by its route pattern (never its ids) and status, and says
+/// how much of its time was Clerk's: `Server-Timing: clerk;dur=<ms>` (the time spent waiting
+/// for Clerk's answers), so a caller can tell orgsync's share from Clerk's.
 async fn track(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -99,7 +106,12 @@ async fn track(request: Request, next: Next) -> Response {
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
     let started = Instant::now();
-    let response = next.run(request).await;
+    let spent = Arc::new(AtomicU64::new(0));
+    let mut response = crate::clerk::api::measured(spent.clone(), next.run(request)).await;
+    let clerk_ms = spent.load(Ordering::Relaxed) as f64 / 1000.0;
+    if let Ok(v) = HeaderValue::from_str(&format!("clerk;dur={clerk_ms:.3}")) {
+        response.headers_mut().insert("server-timing", v);
+    }
     let route = format!("{method} {route}");
     metrics::counter!("orgsync_api_requests_total", "route" => route.clone(),
                       "status" => response.status().as_str().to_owned())
@@ -116,6 +128,14 @@ where
     F: std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
     T: Send + 'static,
 {
+    // The request's Clerk-time meter goes along into the task.
+    let meter = crate::clerk::api::current_meter();
+    let op = async move {
+        match meter {
+            Some(m) => crate::clerk::api::measured(m, op).await,
+            None => op.await,
+        }
+    };
     match tokio::spawn(op).await {
         Ok(result) => result,
         Err(e) => {

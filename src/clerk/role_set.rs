@@ -26,9 +26,8 @@ pub struct RoleSetId(String);
 
 impl RoleSetId {
     pub fn parse(value: &str) -> Result<Self, RoleSetIdError> {
-        let valid = !value.is_empty()
-            && value.len() <= 128
-            && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let valid =
+            !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if valid {
             Ok(Self(value.to_owned()))
         } else {
@@ -188,7 +187,13 @@ mod tests {
         keyless["key"] = json!("");
         assert!(serde_json::from_value::<RoleSet>(keyless).is_err());
         assert!(RoleSetKey::parse("role_set:front_desk_2").is_ok());
-        for bad in ["front_desk", "role_set:", "role_set:Front", "role_set:a-b", "role_set:a/b"] {
+        for bad in [
+            "front_desk",
+            "role_set:",
+            "role_set:Front",
+            "role_set:a-b",
+            "role_set:a/b",
+        ] {
             assert!(RoleSetKey::parse(bad).is_err(), "{bad}");
         }
     }

@@ -98,8 +98,18 @@ pub(crate) async fn plan(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
 /// hotel's role set as the rows stand.
 pub(crate) async fn describe(conn: &mut PgConnection, report: &mut ResyncReport) -> Result<(), sqlx::Error> {
     let changes = &mut report.role_sets;
-    fill(conn, &format!("select id from {PLAN} where created"), &mut changes.created).await?;
-    fill(conn, &format!("select id from {PLAN} where not created"), &mut changes.updated).await?;
+    fill(
+        conn,
+        &format!("select id from {PLAN} where created"),
+        &mut changes.created,
+    )
+    .await?;
+    fill(
+        conn,
+        &format!("select id from {PLAN} where not created"),
+        &mut changes.updated,
+    )
+    .await?;
     fill(conn, &format!("select id from {GONE}"), &mut changes.deleted).await?;
     report.members_outside_role_set = members_outside_role_set(conn).await?;
     Ok(())

@@ -76,7 +76,13 @@ impl WriteApp {
         self.call_with(method, path, body, &[]).await
     }
 
-    pub async fn call_with(&self, method: &str, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> (u16, Value) {
+    pub async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
         let mut req = self
             .http
             .request(method.parse().unwrap(), self.url(path))
@@ -97,7 +103,11 @@ impl WriteApp {
     /// `POST /v1/hotels` for `name` with `user_maria` as its admin; panics unless 201.
     pub async fn create_hotel(&self, name: &str) -> Value {
         let (status, body) = self
-            .call("POST", "/v1/hotels", Some(json!({"name": name, "created_by": "user_maria"})))
+            .call(
+                "POST",
+                "/v1/hotels",
+                Some(json!({"name": name, "created_by": "user_maria"})),
+            )
             .await;
         assert_eq!(status, 201, "{body}");
         body
@@ -158,7 +168,10 @@ pub async fn jobs_settled(pool: &PgPool) {
         if open == 0 {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{open} jobs still open after 20 s");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{open} jobs still open after 20 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -31,7 +31,8 @@ mod writes;
 use budget::Budget;
 use response::*;
 pub use writes::{
-    ClerkWriteError, Dated, MembershipAnswer, MetadataChanges, NewInvitation, NewOrganization, OrganizationChanges,
+    current_meter, measured, ClerkWriteError, Dated, MembershipAnswer, MetadataChanges, NewInvitation, NewOrganization,
+    OrganizationChanges,
 };
 
 use super::events::{Membership, Organization, User};

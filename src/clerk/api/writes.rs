@@ -23,6 +23,8 @@
 //! Nothing here logs or returns the key or a body; `orgsync_clerk_writes_total{operation,
 //! outcome}` counts every write by its final outcome.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
@@ -37,6 +39,28 @@ use super::response::{decode, error_code, error_message, is_clerk_error, parse_r
 use super::{ClerkClient, PAGE_LIMIT};
 use crate::clerk::events::{Membership, Organization, User};
 use crate::clerk::{HotelId, Invitation, InvitationId, UserId};
+
+tokio::task_local! {
+    /// Microseconds spent waiting for Clerk's answers by the calls of the current task, when a
+    /// caller measures them ([`measured`]): the API reports it as `Server-Timing: clerk`.
+    static CLERK_SPENT: Arc<AtomicU64>;
+}
+
+/// Runs `fut` with its Clerk calls' time accumulated into `spent` (microseconds), as
+/// [`current_meter`] returns it.
+pub async fn measured<F: std::future::Future>(spent: Arc<AtomicU64>, fut: F) -> F::Output {
+    CLERK_SPENT.scope(spent, fut).await
+}
+
+/// The meter of the current task, if a caller set one with [`measured`] (to carry it into a
+/// task spawned from it).
+pub fn current_meter() -> Option<Arc<AtomicU64>> {
+    CLERK_SPENT.try_with(Arc::clone).ok()
+}
+
+fn record_spent(d: std::time::Duration) {
+    let _ = CLERK_SPENT.try_with(|s| s.fetch_add(d.as_micros() as u64, Ordering::Relaxed));
+}
 
 /// An answer and Clerk's clock when it was given.
 #[derive(Debug, Clone)]
@@ -724,6 +748,7 @@ impl ClerkClient {
                 .increment(1);
             metrics::histogram!("orgsync_clerk_request_duration_seconds", "endpoint" => call.label)
                 .record(started.elapsed().as_secs_f64());
+            record_spent(started.elapsed());
 
             // Done, failed for good, or wait `delay` and send again.
             let (delay, failure) = match answer {
