@@ -25,6 +25,7 @@ pub mod idempotency;
 pub mod invitations;
 pub mod json;
 pub mod members;
+pub mod rbac;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,6 +91,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(members::routes())
         .merge(invitations::routes())
         .merge(access::routes())
+        .merge(rbac::routes())
         .fallback(|| async { ApiError::NoRoute })
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(middleware::from_fn(track))

@@ -260,7 +260,7 @@ fn member_ids(hotel: &str, user: &str) -> anyhow::Result<(HotelId, UserId)> {
 
 /// True with `--yes`, or when the person types `id` at the prompt; Err when there is no
 /// terminal to ask on.
-fn confirmed(what: &str, id: &str, yes: bool) -> anyhow::Result<bool> {
+pub(super) fn confirmed(what: &str, id: &str, yes: bool) -> anyhow::Result<bool> {
     if yes {
         return Ok(true);
     }
@@ -281,7 +281,7 @@ fn confirmed(what: &str, id: &str, yes: bool) -> anyhow::Result<bool> {
 
 /// Connects, checks the database is migrated (before anything is sent to Clerk), runs `op` and
 /// prints its result with `print` (or as JSON).
-async fn with_manager<T, F, Fut>(
+pub(super) async fn with_manager<T, F, Fut>(
     target: &Target,
     op: F,
     print: fn(&mut dyn Write, &T) -> std::io::Result<()>,

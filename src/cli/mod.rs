@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod manage;
+pub mod rbac;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -65,6 +66,8 @@ pub enum Command {
     Tokens(tokens::TokensCommand),
     #[command(flatten)]
     Manage(manage::ManageCommand),
+    #[command(flatten)]
+    Rbac(rbac::RbacCommand),
     /// Exit 0 when a running orgsync answers /healthz (for container health checks).
     Healthcheck {
         /// The health endpoint to probe.
@@ -540,6 +543,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Access(args) => commands::access(args).await,
         Command::Tokens(command) => tokens::run(command).await,
         Command::Manage(command) => manage::run(command).await,
+        Command::Rbac(command) => rbac::run(command).await,
         Command::Healthcheck { url } => {
             let ok = reqwest::Client::new()
                 .get(&url)

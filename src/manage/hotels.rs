@@ -43,6 +43,10 @@ pub struct HotelChanges {
     /// Merged into the private metadata (kept in Clerk only; orgsync does not mirror it).
     #[serde(default)]
     pub private_metadata: Option<Metadata>,
+    /// Moves the hotel to another role set (Clerk refuses when a member's role is not in it);
+    /// the role set is written to the mirror too when it lacks it.
+    #[serde(default)]
+    pub role_set_key: Option<crate::clerk::RoleSetKey>,
 }
 
 /// How a create finds an earlier attempt of itself.
@@ -150,6 +154,7 @@ impl Manager {
             name: changes.name.as_ref().map(|n| n.as_str().to_owned()),
             slug: changes.slug.as_ref().map(|s| s.as_str().to_owned()),
             max_allowed_memberships: changes.max_allowed_memberships,
+            role_set_key: changes.role_set_key.as_ref().map(|k| k.as_str().to_owned()),
         };
         let metadata = MetadataChanges {
             public_metadata: changes.public_metadata.clone().map(Metadata::into_value),
@@ -176,7 +181,14 @@ impl Manager {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.commit_hotel("update_hotel", id, &events).await
+        let view = self.commit_hotel("update_hotel", id, &events).await?;
+        if let Some(key) = &changes.role_set_key {
+            let known = super::rbac_view::role_set(&mut *self.pool.acquire().await?, key.as_str()).await?;
+            if known.is_none() {
+                self.mirror_role_set(key.as_str()).await;
+            }
+        }
+        Ok(view)
     }
 
     /// Deletes the organization in Clerk, then tombstones the hotel, ends its memberships and

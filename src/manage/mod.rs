@@ -21,13 +21,17 @@
 //!   a hotel is looked up by its slug (always sent, generated when the caller gave none), a
 //!   membership by its user, before creating again.
 //!
-//! One file per area, one function per operation: [`hotels`], [`members`], [`invitations`].
+//! One file per area, one function per operation: [`hotels`], [`members`], [`invitations`],
+//! [`rbac`] (permissions, roles, role sets).
 //! The API (`crate::api`) and the command line call the same functions.
 
 pub mod hotels;
 pub mod input;
 pub mod invitations;
 pub mod members;
+pub mod rbac;
+pub mod rbac_input;
+pub mod rbac_view;
 pub mod view;
 
 use std::time::Duration;

@@ -288,3 +288,32 @@ pub async fn delete_inferred(conn: &mut PgConnection, ids: &[&str], at: i64) -> 
     }
     Ok(gone)
 }
+
+/// A role re-keyed in Clerk takes its holders along: Clerk's memberships and pending invitations
+/// name their role by key, and Clerk answers them with the new key from then on (without a newer
+/// `updated_at`, so no later listing or webhook could carry it). Called by the write path after it
+/// wrote the role's new version (the roles step of the lock order is behind it; the memberships
+/// and invitations are locked here, so a deadlock with a webhook batch is possible and retried by
+/// the caller). Versions are left as they are: a membership event newer than the row still wins.
+/// Returns the memberships changed.
+pub async fn carry_holders(conn: &mut PgConnection, old_key: &str, new_key: &str) -> Result<u64, sqlx::Error> {
+    if old_key == new_key {
+        return Ok(0);
+    }
+    let moved = sqlx::query!(
+        "update memberships set role = $2 where role = $1 and deleted_at is null",
+        old_key,
+        new_key
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    sqlx::query!(
+        "update invitations set role = $2 where role = $1 and deleted_at is null and status = 'pending'",
+        old_key,
+        new_key
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(moved)
+}

@@ -180,11 +180,18 @@ pub struct OrganizationChanges {
     pub slug: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_allowed_memberships: Option<u32>,
+    /// Moves the organization to another role set (its members keep their roles: Clerk refuses
+    /// the move when one is not in the new set without a migration).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role_set_key: Option<String>,
 }
 
 impl OrganizationChanges {
     pub fn is_empty(&self) -> bool {
-        self.name.is_none() && self.slug.is_none() && self.max_allowed_memberships.is_none()
+        self.name.is_none()
+            && self.slug.is_none()
+            && self.max_allowed_memberships.is_none()
+            && self.role_set_key.is_none()
     }
 }
 
@@ -823,7 +830,7 @@ fn decode_error(e: super::ClerkApiError) -> ClerkWriteError {
 }
 
 /// Ok(None) for Clerk's 404.
-fn found<T>(answer: Result<T, ClerkWriteError>) -> Result<Option<T>, ClerkWriteError> {
+pub(super) fn found<T>(answer: Result<T, ClerkWriteError>) -> Result<Option<T>, ClerkWriteError> {
     match answer {
         Ok(v) => Ok(Some(v)),
         Err(ClerkWriteError::NotFound { .. }) => Ok(None),
@@ -831,13 +838,13 @@ fn found<T>(answer: Result<T, ClerkWriteError>) -> Result<Option<T>, ClerkWriteE
     }
 }
 
-fn to_body(value: &impl Serialize) -> Bytes {
+pub(super) fn to_body(value: &impl Serialize) -> Bytes {
     Bytes::from(serde_json::to_vec(value).expect("request bodies serialize"))
 }
 
 /// A slug (lowercase letters, digits, `-`) needs no escaping; anything else is refused by the
 /// callers' parsing, and percent-encoded here should it ever get through.
-fn path_segment(s: &str) -> String {
+pub(super) fn path_segment(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
