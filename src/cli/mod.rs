@@ -2,6 +2,7 @@
 //! imports this module: the flags fill the plain config structs of the modules that use them.
 
 pub mod commands;
+pub mod console;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -147,6 +148,9 @@ pub struct JobFilterArgs {
     /// Only jobs received before this time (RFC 3339, or a duration ago such as 30m).
     #[arg(long, value_parser = parse_time)]
     pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only jobs about this hotel or user (an org_... or user_... id).
+    #[arg(long)]
+    pub entity_id: Option<String>,
     /// At most this many jobs (oldest first).
     #[arg(long)]
     pub limit: Option<i64>,
@@ -159,6 +163,7 @@ impl JobFilterArgs {
             event_type: self.event_type.clone(),
             since: self.since,
             until: self.until,
+            entity_id: self.entity_id.clone(),
             limit: self.limit,
         }
     }
@@ -339,6 +344,8 @@ pub struct ServeArgs {
     /// `orgsync resync --allow-mass-delete`.
     #[arg(long, env = "ORGSYNC_MASS_DELETE_THRESHOLD", default_value_t = 0.10)]
     pub mass_delete_threshold: f64,
+    #[command(flatten)]
+    pub console: console::ConsoleArgs,
 }
 
 /// Deadlines and the connection cap of the HTTP listeners (see [`HttpLimits`]).
@@ -461,6 +468,7 @@ impl ServeArgs {
             resync_interval: self.resync_interval.0,
             self_heal_after: self.self_heal_after,
             mass_delete_threshold: self.mass_delete_threshold,
+            console: self.console.config(),
         }
     }
 }
