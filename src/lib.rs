@@ -15,3 +15,4 @@ pub mod queue;
 pub mod reconcile;
 pub mod resync;
 pub mod telemetry;
+pub mod tokens;

@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod console;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -59,6 +60,9 @@ pub enum Command {
     /// grants and where they come from. With a permission: exit 0 when held, 1 when not; 2 when
     /// the database cannot be read.
     Access(AccessArgs),
+    /// Create, list and revoke the API tokens of the `/v1` API and the console.
+    #[command(subcommand)]
+    Tokens(tokens::TokensCommand),
     /// Exit 0 when a running orgsync answers /healthz (for container health checks).
     Healthcheck {
         /// The health endpoint to probe.
@@ -524,6 +528,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             crate::ops::changes::command(pool, query).await
         }
         Command::Access(args) => commands::access(args).await,
+        Command::Tokens(command) => tokens::run(command).await,
         Command::Healthcheck { url } => {
             let ok = reqwest::Client::new()
                 .get(&url)
