@@ -55,7 +55,10 @@ impl Driver {
             .expect("chromedriver starts");
         let url = format!("http://127.0.0.1:{port}");
         for _ in 0..100 {
-            if reqwest::get(format!("{url}/status")).await.is_ok_and(|r| r.status().is_success()) {
+            if reqwest::get(format!("{url}/status"))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
                 return Self { child, url };
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -123,7 +126,15 @@ async fn world(pool: &PgPool) -> i64 {
     let perms = vec![permission_data("perm_read", "org:bookings:read", 1, 1)];
     for (n, event) in [
         events::organization("organization.created", "org_alpine", "Hotel Alpine", 1, 1, 1),
-        events::user("user.created", "user_maria", "Maria", "maria.rossi@example.com", 1, 1, 1),
+        events::user(
+            "user.created",
+            "user_maria",
+            "Maria",
+            "maria.rossi@example.com",
+            1,
+            1,
+            1,
+        ),
         role("role.created", "role_frontdesk", "org:front_desk", perms, 1, 1, 1),
     ]
     .into_iter()
@@ -132,7 +143,16 @@ async fn world(pool: &PgPool) -> i64 {
         insert_job(pool, &format!("msg_w{n}"), &event).await;
     }
     drain(pool, &fast_workers(), 20).await;
-    let m = events::membership("organizationMembership.created", "orgmem_m", "org_alpine", "user_maria", "org:front_desk", 2, 2, 2);
+    let m = events::membership(
+        "organizationMembership.created",
+        "orgmem_m",
+        "org_alpine",
+        "user_maria",
+        "org:front_desk",
+        2,
+        2,
+        2,
+    );
     insert_job(pool, "msg_wm", &m).await;
     drain(pool, &fast_workers(), 20).await;
     // The hotel with the hostile name arrives in a job that died (the database was away).
@@ -170,17 +190,37 @@ async fn an_operator_fixes_a_dead_job_explains_access_and_watches_changes_in_a_b
     b.goto(&format!("{console}/console/")).await.unwrap();
     b.wait().for_element(Locator::Css("#token")).await.unwrap();
     snap(&b, "login").await;
-    b.find(Locator::Css("#token")).await.unwrap().send_keys(&secret).await.unwrap();
-    b.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(&secret)
+        .await
+        .unwrap();
+    b.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     wait_text(&b, "#verdict", "Needs attention", Duration::from_secs(10)).await;
     wait_text(&b, "#card-dead", "1", Duration::from_secs(5)).await;
     snap(&b, "overview").await;
 
     // The dead job: find it, read why, replay it, watch it become done.
-    b.find(Locator::Css("#card-dead a")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Css("#card-dead a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     wait_text(&b, "#jobs", "organization.created", Duration::from_secs(5)).await;
     snap(&b, "jobs").await;
-    b.find(Locator::Css(&format!("tr[data-job-id='{dead}'] a"))).await.unwrap().click().await.unwrap();
+    b.find(Locator::Css(&format!("tr[data-job-id='{dead}'] a")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     wait_text(&b, "#job-state", "dead", Duration::from_secs(5)).await;
     wait_text(&b, "#last-error", "database unavailable", Duration::from_secs(5)).await;
     snap(&b, "job-dead").await;
@@ -203,16 +243,41 @@ async fn an_operator_fixes_a_dead_job_explains_access_and_watches_changes_in_a_b
 
     // The access explorer: find Maria, pick the hotel, see the permission and its role.
     b.goto(&format!("{console}/console/access")).await.unwrap();
-    b.find(Locator::Css("#q")).await.unwrap().send_keys("maria").await.unwrap();
-    b.find(Locator::Css("form.filters button")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Css("#q"))
+        .await
+        .unwrap()
+        .send_keys("maria")
+        .await
+        .unwrap();
+    b.find(Locator::Css("form.filters button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     wait_text(&b, "#user-hits", "maria.rossi@example.com", Duration::from_secs(5)).await;
-    b.find(Locator::Css("#user-hits a")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Css("#user-hits a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     wait_text(&b, "table.memberships", "Hotel Alpine", Duration::from_secs(5)).await;
-    b.find(Locator::LinkText("explain access")).await.unwrap().click().await.unwrap();
+    b.find(Locator::LinkText("explain access"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     wait_text(&b, "#grants", "org:bookings:read", Duration::from_secs(5)).await;
     wait_text(&b, "#role", "org:front_desk", Duration::from_secs(5)).await;
     wait_text(&b, "#granted-by", "role_frontdesk", Duration::from_secs(5)).await;
-    b.find(Locator::LinkText("org:bookings:read")).await.unwrap().click().await.unwrap();
+    b.find(Locator::LinkText("org:bookings:read"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     wait_text(&b, "#held", "held", Duration::from_secs(5)).await;
     snap(&b, "access").await;
 
@@ -222,17 +287,35 @@ async fn an_operator_fixes_a_dead_job_explains_access_and_watches_changes_in_a_b
     let db_url = common::cli::db_url(pool).await;
     let sent = common::cli::orgsync(
         &db_url,
-        &["send", "organization.created", "--url", &app.url("/webhooks/clerk"), "--webhook-secret", SECRET],
+        &[
+            "send",
+            "organization.created",
+            "--url",
+            &app.url("/webhooks/clerk"),
+            "--webhook-secret",
+            SECRET,
+        ],
     )
     .await;
     assert_eq!(sent.code, 0, "{sent:?}");
-    let row = wait_text(&b, "#changes tbody tr.fresh", "org_2hotelAlpine0000000000001", Duration::from_secs(15)).await;
+    let row = wait_text(
+        &b,
+        "#changes tbody tr.fresh",
+        "org_2hotelAlpine0000000000001",
+        Duration::from_secs(15),
+    )
+    .await;
     assert!(row.contains("hotel") && row.contains("created"), "{row}");
     snap(&b, "changes-live").await;
 
     // The resync page: a dry run's difference.
     b.goto(&format!("{console}/console/resync")).await.unwrap();
-    b.find(Locator::Css("#resync-dry")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Css("#resync-dry"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     wait_text(&b, "#console-run", "Dry run finished", Duration::from_secs(20)).await;
     wait_text(&b, "#diff", "hotels", Duration::from_secs(5)).await;
     snap(&b, "resync-dry-run").await;

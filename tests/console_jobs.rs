@@ -30,7 +30,14 @@ async fn the_overview_gives_the_verdict_of_orgsync_status_without_counting_every
     assert!(healthy.contains("Healthy"), "{healthy}");
 
     for i in 0..3 {
-        seed_job(pool, &format!("msg_d{i}"), "organizationMembership.created", "dead", "2 hours").await;
+        seed_job(
+            pool,
+            &format!("msg_d{i}"),
+            "organizationMembership.created",
+            "dead",
+            "2 hours",
+        )
+        .await;
     }
     for i in 0..20 {
         seed_job(pool, &format!("msg_ok{i}"), "user.created", "done", "3 hours").await;
@@ -47,16 +54,29 @@ async fn the_overview_gives_the_verdict_of_orgsync_status_without_counting_every
     .unwrap();
     sqlx::query("analyze jobs").execute(pool).await.unwrap();
 
-    let status = orgsync::ops::gather_status(pool, Duration::from_secs(600)).await.unwrap();
+    let status = orgsync::ops::gather_status(pool, Duration::from_secs(600))
+        .await
+        .unwrap();
     assert_eq!(status.problems.len(), 3, "{:?}", status.problems);
-    let overview = orgsync::console::overview::gather(pool, Duration::from_secs(600)).await.unwrap();
-    assert_eq!(overview.status.problems, status.problems, "the same verdict, word for word");
+    let overview = orgsync::console::overview::gather(pool, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(
+        overview.status.problems, status.problems,
+        "the same verdict, word for word"
+    );
     assert_eq!(overview.status.queue.dead(), 3);
     assert_eq!(overview.status.queue.due, status.queue.due);
-    assert_eq!(overview.status.queue.last_webhook_received_at, status.queue.last_webhook_received_at);
+    assert_eq!(
+        overview.status.queue.last_webhook_received_at,
+        status.queue.last_webhook_received_at
+    );
     assert_eq!(overview.status.last_resync, status.last_resync);
     let done = overview.status.queue.jobs["done"];
-    assert!((15..=25).contains(&done), "the estimate of done jobs is near 20: {done}");
+    assert!(
+        (15..=25).contains(&done),
+        "the estimate of done jobs is near 20: {done}"
+    );
 
     for body in [s.page("/console/").await, s.page("/console/overview/live").await] {
         assert!(body.contains("Needs attention"));
@@ -69,7 +89,10 @@ async fn the_overview_gives_the_verdict_of_orgsync_status_without_counting_every
         assert!(body.contains("planner estimates"), "estimates are said to be estimates");
     }
     let page = s.page("/console/").await;
-    assert!(page.contains("data-refresh-url=\"/console/overview/live\""), "the overview refreshes itself");
+    assert!(
+        page.contains("data-refresh-url=\"/console/overview/live\""),
+        "the overview refreshes itself"
+    );
     app.stop().await;
 }
 
@@ -133,19 +156,59 @@ async fn the_jobs_list_filters_like_the_cli_and_pages_by_keyset() {
 
     // Each selector agrees with the CLI's list.
     let cases: Vec<(&str, Selection)> = vec![
-        ("state=dead", Selection::from_filter(JobFilter { state: Some("dead".into()), ..JobFilter::default() })),
-        ("type=user.created", Selection::from_filter(JobFilter { event_type: Some("user.created".into()), ..JobFilter::default() })),
-        ("state=done&type=organizationMembership.created", Selection::from_filter(JobFilter {
-            state: Some("done".into()), event_type: Some("organizationMembership.created".into()), ..JobFilter::default() })),
-        ("since=45m&until=30m", Selection::from_filter(JobFilter {
-            since: Some(chrono::Utc::now() - chrono::Duration::minutes(45)),
-            until: Some(chrono::Utc::now() - chrono::Duration::minutes(30)), ..JobFilter::default() })),
-        ("event_id=msg_u007", Selection { event_id: Some("msg_u007".into()), ..Selection::default() }),
-        ("entity_id=org_filter", Selection::from_filter(JobFilter { entity_id: Some("org_filter".into()), ..JobFilter::default() })),
+        (
+            "state=dead",
+            Selection::from_filter(JobFilter {
+                state: Some("dead".into()),
+                ..JobFilter::default()
+            }),
+        ),
+        (
+            "type=user.created",
+            Selection::from_filter(JobFilter {
+                event_type: Some("user.created".into()),
+                ..JobFilter::default()
+            }),
+        ),
+        (
+            "state=done&type=organizationMembership.created",
+            Selection::from_filter(JobFilter {
+                state: Some("done".into()),
+                event_type: Some("organizationMembership.created".into()),
+                ..JobFilter::default()
+            }),
+        ),
+        (
+            "since=45m&until=30m",
+            Selection::from_filter(JobFilter {
+                since: Some(chrono::Utc::now() - chrono::Duration::minutes(45)),
+                until: Some(chrono::Utc::now() - chrono::Duration::minutes(30)),
+                ..JobFilter::default()
+            }),
+        ),
+        (
+            "event_id=msg_u007",
+            Selection {
+                event_id: Some("msg_u007".into()),
+                ..Selection::default()
+            },
+        ),
+        (
+            "entity_id=org_filter",
+            Selection::from_filter(JobFilter {
+                entity_id: Some("org_filter".into()),
+                ..JobFilter::default()
+            }),
+        ),
     ];
     for (query, selection) in cases {
         let (ids, _) = all_pages(&mut s, &format!("/console/jobs?{query}")).await;
-        let mut cli: Vec<i64> = orgsync::ops::list_jobs(pool, &selection).await.unwrap().iter().map(|j| j.id).collect();
+        let mut cli: Vec<i64> = orgsync::ops::list_jobs(pool, &selection)
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
         cli.reverse();
         assert_eq!(ids, cli, "{query}");
         assert!(!ids.is_empty(), "{query} matches something");
@@ -155,7 +218,10 @@ async fn the_jobs_list_filters_like_the_cli_and_pages_by_keyset() {
     let (ids, _) = all_pages(&mut s, "/console/jobs?state=dead").await;
     assert_eq!(ids, dead.iter().rev().copied().collect::<Vec<_>>());
     let body = s.page("/console/jobs?state=dead").await;
-    assert!(body.contains("id=\"replay-matching\""), "dead jobs offer a replay of the selection");
+    assert!(
+        body.contains("id=\"replay-matching\""),
+        "dead jobs offer a replay of the selection"
+    );
     assert!(done.len() == 70);
 
     for bad in ["state=failed", "since=soon", "before=junk", "since=1h&until=2h"] {
@@ -221,14 +287,27 @@ async fn replaying_a_dead_job_runs_it_again_until_done() {
     let mut s = signed_in(&app, pool).await;
     let id = seed_job(pool, "msg_dead", "organization.created", "dead", "1 hour").await;
     let page = s.get(&format!("/console/jobs/{id}")).await;
-    let replayed = s.post(&format!("/console/jobs/{id}/replay"), &[("csrf", &page.csrf())]).await;
+    let replayed = s
+        .post(&format!("/console/jobs/{id}/replay"), &[("csrf", &page.csrf())])
+        .await;
     assert_eq!(replayed.status, StatusCode::SEE_OTHER);
     assert_eq!(replayed.location(), Some(format!("/console/jobs/{id}").as_str()));
-    wait_until(pool, &format!("select state = 'done' from jobs where id = {id}"), Duration::from_secs(10)).await;
+    wait_until(
+        pool,
+        &format!("select state = 'done' from jobs where id = {id}"),
+        Duration::from_secs(10),
+    )
+    .await;
     let body = s.page(&format!("/console/jobs/{id}")).await;
     assert!(body.contains("state-done"));
-    assert!(body.contains("replayed (was dead after 3 attempts)"), "the history tells the replay");
-    let hotels: i64 = sqlx::query_scalar("select count(*) from hotels").fetch_one(pool).await.unwrap();
+    assert!(
+        body.contains("replayed (was dead after 3 attempts)"),
+        "the history tells the replay"
+    );
+    let hotels: i64 = sqlx::query_scalar("select count(*) from hotels")
+        .fetch_one(pool)
+        .await
+        .unwrap();
     assert_eq!(hotels, 1, "the event was applied");
     let missing = s.post("/console/jobs/777777/replay", &[("csrf", &page.csrf())]).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
@@ -247,7 +326,11 @@ async fn replaying_every_dead_job_of_a_filter_shows_the_count_first() {
 
     let confirm = s.get("/console/replay?type=organizationMembership.created").await;
     assert_eq!(confirm.status, StatusCode::OK);
-    assert!(confirm.body.contains("<strong>3</strong> dead jobs match"), "{}", confirm.body);
+    assert!(
+        confirm.body.contains("<strong>3</strong> dead jobs match"),
+        "{}",
+        confirm.body
+    );
     assert_eq!(ids_in(&confirm.body).len(), 3);
     for id in &chosen {
         assert_eq!(state_of(pool, *id).await, "dead", "showing the count changes nothing");
@@ -258,7 +341,11 @@ async fn replaying_every_dead_job_of_a_filter_shows_the_count_first() {
     let page = s
         .post(
             "/console/replay",
-            &[("csrf", &confirm.csrf()), ("state", "dead"), ("type", "organizationMembership.created")],
+            &[
+                ("csrf", &confirm.csrf()),
+                ("state", "dead"),
+                ("type", "organizationMembership.created"),
+            ],
         )
         .await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
@@ -270,10 +357,11 @@ async fn replaying_every_dead_job_of_a_filter_shows_the_count_first() {
         assert_eq!(state_of(pool, *id).await, "dead", "another type is left alone");
     }
     assert_eq!(state_of(pool, done).await, "done", "only dead jobs");
-    let markers: i64 = sqlx::query_scalar("select count(*) from jobs, jsonb_array_elements(errors) e where e ? 'replayed_at'")
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    let markers: i64 =
+        sqlx::query_scalar("select count(*) from jobs, jsonb_array_elements(errors) e where e ? 'replayed_at'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
     assert_eq!(markers, 3, "the same replay as `orgsync replay`: a marker per job");
     app.stop().await;
 }

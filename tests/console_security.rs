@@ -64,7 +64,10 @@ async fn signing_in_needs_a_live_token_and_sets_a_strict_http_only_cookie() {
     let refused = s.login(&format!("{good}x")).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     assert!(refused.body.contains("not valid"));
-    assert!(!s.cookies.contains_key("orgsync_console"), "no session for a wrong token");
+    assert!(
+        !s.cookies.contains_key("orgsync_console"),
+        "no session for a wrong token"
+    );
     assert!(!refused.body.contains(&good[..20]), "the presented token is not echoed");
 
     let accepted = s.login(&good).await;
@@ -85,7 +88,9 @@ async fn signing_in_needs_a_live_token_and_sets_a_strict_http_only_cookie() {
 
     // The sign-in form's own CSRF value must come back with it.
     let mut forged = Session::new(base(&app));
-    let page = forged.post("/console/login", &[("token", &good), ("login_csrf", "made-up")]).await;
+    let page = forged
+        .post("/console/login", &[("token", &good), ("login_csrf", "made-up")])
+        .await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(!forged.cookies.contains_key("orgsync_console"));
     app.stop().await;
@@ -114,7 +119,10 @@ async fn the_cookie_is_secure_behind_a_tls_proxy_or_when_configured() {
             &[("x-forwarded-proto", "https")],
         )
         .await;
-    assert!(secure(&page), "X-Forwarded-Proto: https means the browser reached us over TLS");
+    assert!(
+        secure(&page),
+        "X-Forwarded-Proto: https means the browser reached us over TLS"
+    );
     app.stop().await;
 
     let mut cfg = console_config(false);
@@ -140,7 +148,11 @@ async fn sessions_are_kept_as_hashes_and_end_at_sign_out_and_with_their_token() 
         .fetch_all(&db.pool)
         .await
         .unwrap();
-    assert_eq!(stored, vec![Sha256::digest(&raw).to_vec()], "only the id's SHA-256 is stored");
+    assert_eq!(
+        stored,
+        vec![Sha256::digest(&raw).to_vec()],
+        "only the id's SHA-256 is stored"
+    );
     let dump: String = sqlx::query_scalar("select string_agg(t::text, ' ') from console_sessions t")
         .fetch_one(&db.pool)
         .await
@@ -196,7 +208,12 @@ async fn every_state_change_needs_a_post_with_the_sessions_csrf_token() {
     let mut other = Session::signed_in(base(&app), &token(&db.pool, "other", Access::ReadWrite).await).await;
     let foreign_csrf = other.get("/console/").await.csrf();
     let replay = format!("/console/jobs/{dead}/replay");
-    for form in [vec![], vec![("csrf", "")], vec![("csrf", "forged")], vec![("csrf", foreign_csrf.as_str())]] {
+    for form in [
+        vec![],
+        vec![("csrf", "")],
+        vec![("csrf", "forged")],
+        vec![("csrf", foreign_csrf.as_str())],
+    ] {
         let page = s.post(&replay, &form).await;
         assert!(
             matches!(page.status, StatusCode::FORBIDDEN | StatusCode::UNPROCESSABLE_ENTITY),
@@ -205,7 +222,9 @@ async fn every_state_change_needs_a_post_with_the_sessions_csrf_token() {
         );
     }
     for path in ["/console/replay", "/console/resync/start", "/console/logout"] {
-        let page = s.post(path, &[("csrf", "forged"), ("mode", "dry"), ("state", "dead")]).await;
+        let page = s
+            .post(path, &[("csrf", "forged"), ("mode", "dry"), ("state", "dead")])
+            .await;
         assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}");
     }
     // A GET never changes anything.
@@ -213,7 +232,11 @@ async fn every_state_change_needs_a_post_with_the_sessions_csrf_token() {
         let page = s.get(path).await;
         assert_eq!(page.status, StatusCode::METHOD_NOT_ALLOWED, "{path}");
     }
-    assert_eq!(common::cli::state_of(&db.pool, dead).await, "dead", "nothing was replayed");
+    assert_eq!(
+        common::cli::state_of(&db.pool, dead).await,
+        "dead",
+        "nothing was replayed"
+    );
     assert_eq!(s.get("/console/").await.status, StatusCode::OK, "still signed in");
 
     let csrf = s.get(&format!("/console/jobs/{dead}")).await.csrf();
@@ -239,15 +262,22 @@ async fn a_read_only_token_sees_everything_but_cannot_replay_or_resync() {
         assert!(body.contains("read-only"), "{path} says the token is read-only");
     }
     let job_page = s.get(&format!("/console/jobs/{dead}")).await;
-    assert!(job_page.body.contains("id=\"replay\" type=\"submit\" disabled"), "the button is disabled");
+    assert!(
+        job_page.body.contains("id=\"replay\" type=\"submit\" disabled"),
+        "the button is disabled"
+    );
     let csrf = job_page.csrf();
-    let page = s.post(&format!("/console/jobs/{dead}/replay"), &[("csrf", &csrf)]).await;
+    let page = s
+        .post(&format!("/console/jobs/{dead}/replay"), &[("csrf", &csrf)])
+        .await;
     assert_eq!(page.status, StatusCode::FORBIDDEN);
     assert!(page.body.contains("read-only"));
     let page = s.post("/console/replay", &[("csrf", &csrf), ("state", "dead")]).await;
     assert_eq!(page.status, StatusCode::FORBIDDEN);
     for mode in ["dry", "real"] {
-        let page = s.post("/console/resync/start", &[("csrf", &csrf), ("mode", mode)]).await;
+        let page = s
+            .post("/console/resync/start", &[("csrf", &csrf), ("mode", mode)])
+            .await;
         assert_eq!(page.status, StatusCode::FORBIDDEN, "{mode}");
     }
     assert_eq!(common::cli::state_of(&db.pool, dead).await, "dead");
@@ -323,7 +353,16 @@ async fn names_from_clerk_are_escaped_and_no_page_shows_a_secret() {
     let org_job = insert_job(&db.pool, "msg_org", &org).await;
     let user_job = insert_job(&db.pool, "msg_user", &user).await;
     drain(&db.pool, &fast_workers(), 10).await;
-    let m = events::membership("organizationMembership.created", "orgmem_xss", "org_xss", "user_xss", "org:admin", 1, 1, 1);
+    let m = events::membership(
+        "organizationMembership.created",
+        "orgmem_xss",
+        "org_xss",
+        "user_xss",
+        "org:admin",
+        1,
+        1,
+        1,
+    );
     insert_job(&db.pool, "msg_mem", &m).await;
     drain(&db.pool, &fast_workers(), 10).await;
 
@@ -343,7 +382,10 @@ async fn names_from_clerk_are_escaped_and_no_page_shows_a_secret() {
         assert!(!body.contains(hostile), "{path} renders the name as markup");
         seen.push_str(&body);
     }
-    assert!(seen.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "the name is shown, as text");
+    assert!(
+        seen.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "the name is shown, as text"
+    );
     for secret in [
         SECRET,
         good.as_str(),

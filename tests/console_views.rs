@@ -36,7 +36,9 @@ async fn finished_run(s: &mut Session) -> String {
 
 async fn start(s: &mut Session, mode: &str) {
     let csrf = s.get("/console/resync").await.csrf();
-    let page = s.post("/console/resync/start", &[("csrf", &csrf), ("mode", mode)]).await;
+    let page = s
+        .post("/console/resync/start", &[("csrf", &csrf), ("mode", mode)])
+        .await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
 }
 
@@ -62,7 +64,10 @@ async fn a_dry_run_shows_the_difference_a_real_run_applies_it_and_a_mass_delete_
     assert!(part.contains("hotels created: 4"), "{part}");
     assert_eq!(live(pool, "hotels").await, 0, "a dry run writes no row");
     let page = s.page("/console/resync").await;
-    assert!(page.contains("dry run") && page.contains("succeeded"), "the run is listed");
+    assert!(
+        page.contains("dry run") && page.contains("succeeded"),
+        "the run is listed"
+    );
 
     start(&mut s, "real").await;
     let part = finished_run(&mut s).await;
@@ -75,15 +80,24 @@ async fn a_dry_run_shows_the_difference_a_real_run_applies_it_and_a_mass_delete_
     }
     start(&mut s, "real").await;
     let part = finished_run(&mut s).await;
-    assert!(part.contains("Refused: refusing to delete 3 of 4 live hotels"), "{part}");
-    assert!(part.contains("--allow-mass-delete"), "it says how to go on, as the CLI does");
+    assert!(
+        part.contains("Refused: refusing to delete 3 of 4 live hotels"),
+        "{part}"
+    );
+    assert!(
+        part.contains("--allow-mass-delete"),
+        "it says how to go on, as the CLI does"
+    );
     assert_eq!(live(pool, "hotels").await, 4, "a refused run writes nothing");
     let id: i64 = sqlx::query_scalar("select id from resync_runs where outcome = 'refused'")
         .fetch_one(pool)
         .await
         .unwrap();
     let run = s.page(&format!("/console/resync/runs/{id}")).await;
-    assert!(run.contains("refused") && run.contains("refusing to delete 3 of 4"), "{run}");
+    assert!(
+        run.contains("refused") && run.contains("refusing to delete 3 of 4"),
+        "{run}"
+    );
     assert_eq!(s.get("/console/resync/runs/999").await.status, StatusCode::NOT_FOUND);
     app.stop().await;
 }
@@ -95,8 +109,12 @@ async fn without_a_clerk_key_the_resync_buttons_are_off() {
     let mut s = signed_in(&app, &db.pool).await;
     let page = s.get("/console/resync").await;
     assert!(page.body.contains("CLERK_SECRET_KEY is not set"));
-    assert!(page.body.contains("id=\"resync-dry\" class=\"secondary\" type=\"submit\" disabled"));
-    let refused = s.post("/console/resync/start", &[("csrf", &page.csrf()), ("mode", "dry")]).await;
+    assert!(page
+        .body
+        .contains("id=\"resync-dry\" class=\"secondary\" type=\"submit\" disabled"));
+    let refused = s
+        .post("/console/resync/start", &[("csrf", &page.csrf()), ("mode", "dry")])
+        .await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
     app.stop().await;
 }
@@ -109,7 +127,15 @@ async fn access_fixture(pool: &PgPool) {
     ];
     for (n, event) in [
         events::organization("organization.created", "org_alpine", "Hotel Alpine", 1, 1, 1),
-        events::user("user.created", "user_maria", "Maria", "maria.rossi@example.com", 1, 1, 1),
+        events::user(
+            "user.created",
+            "user_maria",
+            "Maria",
+            "maria.rossi@example.com",
+            1,
+            1,
+            1,
+        ),
         events::user("user.created", "user_luca", "Luca", "luca@example.com", 1, 1, 1),
         role("role.created", "role_manager", "org:manager", perms, 1, 1, 1),
     ]
@@ -120,8 +146,26 @@ async fn access_fixture(pool: &PgPool) {
     }
     drain(pool, &fast_workers(), 20).await;
     for (n, event) in [
-        events::membership("organizationMembership.created", "orgmem_1", "org_alpine", "user_maria", "org:manager", 2, 2, 2),
-        events::membership("organizationMembership.created", "orgmem_2", "org_alpine", "user_luca", "org:manager", 2, 2, 2),
+        events::membership(
+            "organizationMembership.created",
+            "orgmem_1",
+            "org_alpine",
+            "user_maria",
+            "org:manager",
+            2,
+            2,
+            2,
+        ),
+        events::membership(
+            "organizationMembership.created",
+            "orgmem_2",
+            "org_alpine",
+            "user_luca",
+            "org:manager",
+            2,
+            2,
+            2,
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -129,7 +173,16 @@ async fn access_fixture(pool: &PgPool) {
         insert_job(pool, &format!("msg_m{n}"), &event).await;
     }
     drain(pool, &fast_workers(), 20).await;
-    let gone = events::membership("organizationMembership.deleted", "orgmem_2", "org_alpine", "user_luca", "org:manager", 2, 3, 3);
+    let gone = events::membership(
+        "organizationMembership.deleted",
+        "orgmem_2",
+        "org_alpine",
+        "user_luca",
+        "org:manager",
+        2,
+        3,
+        3,
+    );
     insert_job(pool, "msg_gone", &gone).await;
     drain(pool, &fast_workers(), 20).await;
 }
@@ -152,7 +205,10 @@ async fn the_access_explorer_finds_people_and_hotels_and_answers_like_orgsync_ac
         assert!(body.contains("Hotel Alpine"), "{q} finds the hotel");
     }
     let body = s.page("/console/access?q=%25").await;
-    assert!(body.contains("No user matches") && body.contains("No hotel matches"), "% is literal");
+    assert!(
+        body.contains("No user matches") && body.contains("No hotel matches"),
+        "% is literal"
+    );
 
     let user_page = s.page("/console/access?user=user_maria").await;
     assert!(user_page.contains("Hotel Alpine") && user_page.contains("explain access"));
@@ -183,7 +239,9 @@ async fn the_access_explorer_finds_people_and_hotels_and_answers_like_orgsync_ac
     }
 
     let body = s.page("/console/access?user=user_luca&hotel=org_alpine").await;
-    let cli = orgsync::ops::check_access(pool, "user_luca", "org_alpine", None).await.unwrap();
+    let cli = orgsync::ops::check_access(pool, "user_luca", "org_alpine", None)
+        .await
+        .unwrap();
     assert!(!cli.reasons.is_empty());
     for r in &cli.reasons {
         assert!(body.contains(&format!("because {r}")), "{r}");
@@ -216,13 +274,21 @@ async fn the_change_feed_is_filtered_by_entity_and_followed_live() {
     let mut s = signed_in(&app, pool).await;
     let org = events::organization("organization.created", "org_feed1", "Feed One", 1, 1, 1);
     assert!(app.deliver("msg_feed1", &org.to_string()).await.status().is_success());
-    wait_until(pool, "select exists (select 1 from changes where entity_id = 'org_feed1')", Duration::from_secs(10)).await;
+    wait_until(
+        pool,
+        "select exists (select 1 from changes where entity_id = 'org_feed1')",
+        Duration::from_secs(10),
+    )
+    .await;
 
     let body = s.page("/console/changes").await;
     assert!(body.contains("org_feed1"));
     let users_only = s.page("/console/changes?entity=user").await;
     assert!(!users_only.contains("org_feed1"), "filtered by entity");
-    assert_eq!(s.get("/console/changes?entity=planet").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        s.get("/console/changes?entity=planet").await.status,
+        StatusCode::BAD_REQUEST
+    );
 
     // Follow from the newest change: a change committed later arrives on the stream.
     let last = orgsync::changes::last_id(pool).await.unwrap();
@@ -264,6 +330,10 @@ async fn the_change_feed_is_filtered_by_entity_and_followed_live() {
         .send()
         .await
         .unwrap();
-    assert_eq!(anonymous.status(), StatusCode::SEE_OTHER, "the stream needs a session too");
+    assert_eq!(
+        anonymous.status(),
+        StatusCode::SEE_OTHER,
+        "the stream needs a session too"
+    );
     app.stop().await;
 }

@@ -14,16 +14,19 @@
 //! 4. end to end ([`end_to_end`]): a shuffled burst with duplicate deliveries posted to the real
 //!    `orgsync serve` with its workers, timed until the rows are the history's final state;
 //! 5. resync ([`resync`]): the real `orgsync resync` against a fake Clerk API, from empty and
-//!    unchanged, with the child's own peak RSS, at one or more scales.
+//!    unchanged, with the child's own peak RSS, at one or more scales;
+//! 6. console ([`console`]): each console page's render time with a million jobs and 100,000
+//!    memberships behind it, and no sequential scan of a big table.
 //!
 //! Knobs: `ORGSYNC_BENCH_SECONDS` (length of each timed phase of the baseline and ingest,
 //! default 5), `ORGSYNC_BENCH_SCALE` (a factor on the dataset sizes, default 1.0),
 //! `ORGSYNC_BENCH_SCALES` (e.g. `1,5`: the resync phase at each scale, ratios to the first),
-//! `ORGSYNC_BENCH_ONLY` (`ingest`, `reconcile`, `e2e` or `resync`, with the baseline),
+//! `ORGSYNC_BENCH_ONLY` (`ingest`, `reconcile`, `e2e`, `resync` or `console`, with the baseline),
 //! `DATABASE_URL` (the server; databases `orgsync_bench` and `orgsync_bench_resync_<n>` are
 //! created on it and dropped at the end). Every failed check panics, so the bench exits non-zero.
 
 mod baseline;
+mod console;
 mod deliver;
 mod end_to_end;
 mod fake_clerk;
@@ -139,7 +142,7 @@ async fn main() {
     );
     println!();
 
-    // ORGSYNC_BENCH_ONLY=ingest|reconcile|e2e|resync runs the baseline and that phase alone.
+    // ORGSYNC_BENCH_ONLY=ingest|reconcile|e2e|resync|console runs the baseline and that phase alone.
     let only = std::env::var("ORGSYNC_BENCH_ONLY").unwrap_or_default();
     let run = |name: &str| only.is_empty() || only == name;
     let mut rows = Vec::new();
@@ -164,6 +167,9 @@ async fn main() {
     }
     if run("resync") {
         rows.extend(resync::run(&admin, &base, &scales, baseline).await);
+    }
+    if run("console") {
+        rows.extend(console::run(&admin, &base).await);
     }
 
     pool.close().await;

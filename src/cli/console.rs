@@ -42,7 +42,7 @@ pub struct ConsoleArgs {
 impl ConsoleArgs {
     /// The console's configuration, None when it is off.
     pub fn config(&self) -> Option<ConsoleConfig> {
-        (self.console == Switch::On).then(|| ConsoleConfig {
+        (self.console == Switch::On).then_some(ConsoleConfig {
             secure_cookie: match self.console_secure_cookie {
                 SecureCookieArg::Auto => SecureCookie::Auto,
                 SecureCookieArg::Always => SecureCookie::Always,

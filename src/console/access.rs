@@ -273,7 +273,11 @@ fn membership_table(rows: &[MembershipRow], link: impl Fn(&MembershipRow) -> Str
 
 /// The answer of `orgsync access`, for a person.
 fn render_answer(a: &Access) -> Markup {
-    let base = format!("/console/access?user={}&hotel={}", query_value(&a.user_id), query_value(&a.hotel_id));
+    let base = format!(
+        "/console/access?user={}&hotel={}",
+        query_value(&a.user_id),
+        query_value(&a.hotel_id)
+    );
     html! {
         section #answer {
             h2 { "User " span.mono { (a.user_id) } " in hotel " span.mono { (a.hotel_id) } }

@@ -199,7 +199,9 @@ pub async fn login(
         .secure(is_secure(&state, &headers))
         .max_age(cookie::time::Duration::seconds(ttl.as_secs() as i64))
         .build();
-    let jar = jar.remove(Cookie::build(LOGIN_COOKIE).path("/console/login")).add(cookie);
+    let jar = jar
+        .remove(Cookie::build(LOGIN_COOKIE).path("/console/login"))
+        .add(cookie);
     Ok((jar, Redirect::to("/console/")).into_response())
 }
 
@@ -219,8 +221,8 @@ pub async fn logout(
     if let Some(id) = jar.get(SESSION_COOKIE).and_then(|c| decode_id(c.value())) {
         let hash = hash_id(&id);
         sqlx::query!("delete from console_sessions where id_hash = $1", hash.as_slice())
-        .execute(&state.pool)
-        .await?;
+            .execute(&state.pool)
+            .await?;
     }
     let jar = jar.remove(Cookie::build(SESSION_COOKIE).path("/console"));
     Ok((jar, Redirect::to("/console/login")).into_response())
@@ -274,7 +276,11 @@ mod tests {
         let b = random_id();
         assert_eq!(csrf_for(&a), csrf_for(&a));
         assert_ne!(csrf_for(&a), csrf_for(&b));
-        assert_ne!(csrf_for(&a), URL_SAFE_NO_PAD.encode(a), "the CSRF token does not reveal the session id");
+        assert_ne!(
+            csrf_for(&a),
+            URL_SAFE_NO_PAD.encode(a),
+            "the CSRF token does not reveal the session id"
+        );
     }
 
     #[test]

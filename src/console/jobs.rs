@@ -62,7 +62,9 @@ impl FilterParams {
     pub fn parse(&self) -> ConsoleResult<Filters> {
         let time = |name: &str, s: &str| -> ConsoleResult<Option<DateTime<Utc>>> {
             given(s)
-                .map(|s| parse_time(&s).ok_or_else(|| bad(format!("{name}: {s:?} is neither a time nor a duration like 2h"))))
+                .map(|s| {
+                    parse_time(&s).ok_or_else(|| bad(format!("{name}: {s:?} is neither a time nor a duration like 2h")))
+                })
                 .transpose()
         };
         let selection = Selection {
@@ -115,7 +117,12 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
-    for format in ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"] {
+    for format in [
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+    ] {
         if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, format) {
             return Some(Utc.from_utc_datetime(&t));
         }
@@ -191,7 +198,11 @@ fn push_conditions(q: &mut QueryBuilder<'_, Postgres>, filters: &Filters, state:
         q.push(" and received_at < ").push_bind(t);
     }
     if let Some((t, id)) = filters.before {
-        q.push(" and (received_at, id) < (").push_bind(t).push(", ").push_bind(id).push(")");
+        q.push(" and (received_at, id) < (")
+            .push_bind(t)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
     }
 }
 
@@ -288,12 +299,10 @@ fn one_line(s: &str) -> String {
 }
 
 /// `GET /console/jobs/{id}`: one job in full.
-pub async fn show(
-    State(state): State<ConsoleState>,
-    operator: Operator,
-    Path(id): Path<i64>,
-) -> ConsoleResult<Markup> {
-    let job = crate::ops::show_job(&state.pool, id).await?.ok_or(ConsoleError::NotFound)?;
+pub async fn show(State(state): State<ConsoleState>, operator: Operator, Path(id): Path<i64>) -> ConsoleResult<Markup> {
+    let job = crate::ops::show_job(&state.pool, id)
+        .await?
+        .ok_or(ConsoleError::NotFound)?;
     let j = &job.summary;
     Ok(layout::page(
         &format!("Job {}", j.id),
@@ -329,7 +338,9 @@ pub async fn live(
     _operator: Operator,
     Path(id): Path<i64>,
 ) -> ConsoleResult<Markup> {
-    let job = crate::ops::show_job(&state.pool, id).await?.ok_or(ConsoleError::NotFound)?;
+    let job = crate::ops::show_job(&state.pool, id)
+        .await?
+        .ok_or(ConsoleError::NotFound)?;
     Ok(live_part(&job))
 }
 
@@ -426,7 +437,12 @@ mod tests {
             "2026-12-03T10:00:00+00:00"
         );
         let two_hours_ago = parse_time("2h").unwrap();
-        assert!((Utc::now() - two_hours_ago - chrono::Duration::hours(2)).num_seconds().abs() < 5);
+        assert!(
+            (Utc::now() - two_hours_ago - chrono::Duration::hours(2))
+                .num_seconds()
+                .abs()
+                < 5
+        );
         assert_eq!(parse_time("yesterday-ish"), None);
     }
 

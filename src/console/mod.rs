@@ -201,7 +201,11 @@ impl IntoResponse for ConsoleError {
             // sqlx's error text names no password; the page shows it to the operator.
             tracing::warn!(error = %e, "console request failed on the database");
         }
-        (self.status_code(), layout::error_page(self.status_code(), &self.to_string())).into_response()
+        (
+            self.status_code(),
+            layout::error_page(self.status_code(), &self.to_string()),
+        )
+            .into_response()
     }
 }
 

@@ -78,7 +78,10 @@ pub async fn gather(pool: &PgPool, max_pending_age: std::time::Duration) -> Resu
     jobs.insert("available".to_owned(), exact.available);
     jobs.insert("dead".to_owned(), exact.dead);
     for state in ["done", "skipped"] {
-        jobs.insert(state.to_owned(), estimate("state", state).map_or(0, |n| n.round() as i64));
+        jobs.insert(
+            state.to_owned(),
+            estimate("state", state).map_or(0, |n| n.round() as i64),
+        );
     }
     let mut resync_runs: BTreeMap<String, i64> = ["succeeded", "failed", "refused"]
         .into_iter()
@@ -329,4 +332,3 @@ pub fn counts_line(counts: &serde_json::Value) -> Markup {
         @if !parts.is_empty() { div.note.mono { (parts.join(" · ")) } }
     }
 }
-

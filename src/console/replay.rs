@@ -142,7 +142,14 @@ pub async fn replay_matching(
     let (params, selection) = dead_selection(&form.filters)?;
     let report = replay(&state, &selection, false).await?;
     tracing::info!(token = %operator.token_name, matched = report.matched, replayed = report.replayed, "console replay");
-    let back = format!("/console/jobs?{}", FilterParams { state: String::new(), ..params.clone() }.query());
+    let back = format!(
+        "/console/jobs?{}",
+        FilterParams {
+            state: String::new(),
+            ..params.clone()
+        }
+        .query()
+    );
     Ok(layout::page(
         "Replayed",
         Section::Jobs,

@@ -36,7 +36,10 @@ pub async fn token(pool: &PgPool, name: &str, access: Access) -> String {
 
 /// The console's base URL of `app`.
 pub fn base(app: &TestApp) -> String {
-    format!("http://{}", app.admin_addr.expect("the console needs the admin listener"))
+    format!(
+        "http://{}",
+        app.admin_addr.expect("the console needs the admin listener")
+    )
 }
 
 /// A browser-like session: keeps the cookies the console sets, follows no redirect by itself.
@@ -102,7 +105,8 @@ impl Session {
         let form = self.get("/console/login").await;
         assert_eq!(form.status, StatusCode::OK);
         let nonce = hidden_value(&form.body, "login_csrf").unwrap();
-        self.post("/console/login", &[("token", token), ("login_csrf", &nonce)]).await
+        self.post("/console/login", &[("token", token), ("login_csrf", &nonce)])
+            .await
     }
 
     fn cookie_header(&self) -> String {
