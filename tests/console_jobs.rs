@@ -171,9 +171,9 @@ async fn the_jobs_list_filters_like_the_cli_and_pages_by_keyset() {
             }),
         ),
         (
-            "state=done&type=organizationMembership.created",
+            "state=dead&type=organizationMembership.created",
             Selection::from_filter(JobFilter {
-                state: Some("done".into()),
+                state: Some("dead".into()),
                 event_type: Some("organizationMembership.created".into()),
                 ..JobFilter::default()
             }),

@@ -137,7 +137,9 @@ pub fn router(state: ConsoleState) -> Router {
         .route("/console/changes", get(changes::page))
         .route("/console/changes/stream", get(changes::stream))
         .route("/console/assets/{name}", get(assets::serve))
-        .fallback(|| async { ConsoleError::NotFound })
+        // Unknown console paths answer the console's 404 (with its headers); other paths of the
+        // admin listener are not the console's business.
+        .route("/console/{*rest}", get(|| async { ConsoleError::NotFound }))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
