@@ -76,8 +76,7 @@ impl Driver {
                          "--window-size=1400,1000", "--no-first-run", "--hide-scrollbars"],
             }),
         );
-        ClientBuilder::rustls()
-            .expect("a TLS config")
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
             .connect(&self.url)
             .await

@@ -36,6 +36,8 @@
       columns.forEach(function (key) {
         var td = document.createElement('td');
         var value = change[key] === null || change[key] === undefined ? '' : String(change[key]);
+        if (key === 'at') { value = new Date(value).toISOString(); } // as the server renders it
+        if (key === 'entity_id' || key === 'hotel_id' || key === 'user_id') { td.className = 'mono'; }
         if (key === 'job_id' && value !== '') {
           var a = document.createElement('a');
           a.href = '/console/jobs/' + encodeURIComponent(value);
