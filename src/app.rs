@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clerk::signature::WebhookVerifier;
 use crate::db::{self, PoolSettings};
+use crate::http::descriptors;
 use crate::http::server::{self, HttpLimits, ADMIN_MAX_CONNECTIONS};
 use crate::http::{admin_router, webhook_router, AdminState, WebhookState};
 use crate::queue::ingest::IngestSettings;
@@ -47,6 +48,13 @@ pub struct ServeConfig {
     /// The operator console under `/console` on the admin listener (`ORGSYNC_CONSOLE=on`);
     /// needs `admin_listen`.
     pub console: Option<crate::console::ConsoleConfig>,
+    /// Where the `/v1` API listens (`crate::api`); served only when `clerk` is configured too
+    /// (every write goes to Clerk first). `None` serves no API.
+    pub api_listen: Option<SocketAddr>,
+    /// The API's body cap and Clerk deadline.
+    pub api: crate::api::ApiSettings,
+    /// The change feed's sequencer, which every serving process runs.
+    pub feed: crate::changes::SequencerSettings,
 }
 
 /// A built service, its sockets bound, ready to run.
@@ -54,6 +62,7 @@ pub struct Application {
     pool: PgPool,
     listener: Option<TcpListener>,
     admin_listener: Option<TcpListener>,
+    api_listener: Option<TcpListener>,
     verifier: Option<Arc<WebhookVerifier>>,
     config: ServeConfig,
 }
@@ -112,10 +121,26 @@ impl Application {
             ),
             None => None,
         };
+        let api_listener = match (config.api_listen, &config.clerk) {
+            (Some(addr), Some(_)) => {
+                crate::api::check_exposure(&pool, addr).await?;
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("binding {addr} (ORGSYNC_API_LISTEN)"))?,
+                )
+            }
+            (Some(addr), None) => {
+                tracing::info!(%addr, "the /v1 API is off: it needs CLERK_SECRET_KEY (every write goes to Clerk first)");
+                None
+            }
+            (None, _) => None,
+        };
         Ok(Self {
             pool,
             listener: Some(listener),
             admin_listener,
+            api_listener,
             verifier,
             config,
         })
@@ -137,13 +162,22 @@ impl Application {
             .map(|a| a.port())
     }
 
+    /// The bound port of the `/v1` API listener, when it serves.
+    pub fn api_port(&self) -> Option<u16> {
+        self.api_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
     /// Serves until `cancel` fires, then shuts down gracefully: the HTTP servers stop accepting
     /// and finish in-flight requests (within the deadlines of [`HttpLimits`]), the enqueue batchers commit what they hold, and the workers
-    /// stop claiming and commit their current batch.
+    /// stop claiming and commit their current batch, whose changes a last sequencer tick makes
+    /// readable.
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         let metrics = crate::metrics::install();
         let mut admin = admin_router(AdminState {
@@ -190,12 +224,41 @@ impl Application {
             }
         };
         let listener = self.listener.take().expect("run is called once");
-        tracing::info!(addr = %listener.local_addr()?, receiver = self.config.receiver, worker = self.config.worker, "orgsync serving");
-        let main_server = tokio::spawn(server::serve(listener, main, self.config.http, "main", cancel.clone()));
+        let main_limits = HttpLimits {
+            max_connections: self.main_cap_within_descriptors(admin_server.is_some()),
+            ..self.config.http
+        };
+        tracing::info!(addr = %listener.local_addr()?, receiver = self.config.receiver, worker = self.config.worker, max_connections = main_limits.max_connections, "orgsync serving");
+        let main_server = tokio::spawn(server::serve(listener, main, main_limits, "main", cancel.clone()));
 
+        // One client, so one request budget, for the resync, the self-heal and the API.
         let clerk = match &self.config.clerk {
             Some(args) => Some(crate::clerk::api::ClerkClient::from_config(args)?),
             None => None,
+        };
+        let api_server = match (self.api_listener.take(), &clerk) {
+            (Some(l), Some(client)) => {
+                let manager = crate::manage::Manager::new(
+                    self.pool.clone(),
+                    client.clone(),
+                    crate::manage::WriteOptions {
+                        clerk_deadline: self.config.api.clerk_deadline,
+                    },
+                );
+                let router = crate::api::router(crate::api::ApiState {
+                    manager,
+                    max_body: self.config.api.max_body,
+                });
+                tracing::info!(addr = %l.local_addr()?, "orgsync serving the /v1 API");
+                Some(tokio::spawn(server::serve(
+                    l,
+                    router,
+                    self.config.http,
+                    "api",
+                    cancel.clone(),
+                )))
+            }
+            _ => None,
         };
         let worker = self.config.worker.then(|| {
             let mut runner = Runner::new(self.pool.clone(), self.config.worker_settings.clone());
@@ -208,6 +271,12 @@ impl Application {
             }
             tokio::spawn(runner.run(cancel.clone()))
         });
+        // Whichever replica holds the sequencer lock makes committed changes readable.
+        let sequencer = tokio::spawn(crate::changes::sequencer::run(
+            self.pool.clone(),
+            self.config.feed.clone(),
+            cancel.clone(),
+        ));
         let scheduler = match (&clerk, self.config.resync_interval) {
             (Some(client), Some(interval)) => Some(tokio::spawn(crate::resync::schedule(
                 self.pool.clone(),
@@ -226,6 +295,9 @@ impl Application {
         if let Some(s) = admin_server {
             s.await??;
         }
+        if let Some(s) = api_server {
+            s.await??;
+        }
         // The router (and with it every Ingest handle) is gone: the batchers drain and end.
         for b in batchers {
             let _ = b.await;
@@ -236,8 +308,40 @@ impl Application {
         if let Some(s) = scheduler {
             let _ = s.await;
         }
+        // After the workers: their last commits are moved into the feed before the process ends.
+        let _ = sequencer.await;
+        if let Err(e) = crate::changes::sequence_now(&self.pool).await {
+            tracing::warn!(error = %e, "sequencing the change feed at shutdown failed");
+        }
         tracing::info!("orgsync stopped");
         Ok(())
+    }
+}
+
+impl Application {
+    /// Raises the soft descriptor limit to the hard one, and returns the main listener's cap:
+    /// the configured one, lowered (with a warning) to what the limit leaves beside the admin
+    /// listener's cap and the database pool, so that a full listener can always accept a
+    /// newcomer and make room for it.
+    fn main_cap_within_descriptors(&self, separate_admin: bool) -> usize {
+        let limit = descriptors::raise_descriptor_limit();
+        let reserved = u64::from(self.config.pool.max_connections)
+            + if separate_admin {
+                ADMIN_MAX_CONNECTIONS as u64
+            } else {
+                0
+            };
+        let wanted = self.config.http.max_connections;
+        let cap = descriptors::fit_cap(wanted, limit, reserved);
+        if cap < wanted {
+            tracing::warn!(
+                max_connections = wanted,
+                open_files_limit = limit,
+                lowered_to = cap,
+                "the connection cap does not fit in the open-files limit (ulimit -n); lowered"
+            );
+        }
+        cap
     }
 }
 

@@ -1,36 +1,48 @@
-//! The change feed: the `changes` table (migration `20261125000020_changes.sql`), one row per
-//! effective change to a hotel, user or membership row, written by triggers at the commit of the
-//! change itself.
+//! The change feed: the `changes` table, one row per effective change to a hotel, user,
+//! membership, role, permission or invitation row (migrations `20261125000020_changes.sql`
+//! and `20261203000010_change_feed_sequencer.sql`).
+//!
+//! Writers do not number their changes: triggers insert them into `pending_changes` in the
+//! writing statement, with no lock and no NOTIFY, and the [`sequencer`] moves the committed
+//! ones into `changes` a few milliseconds later, numbering them contiguously.
 //!
 //! Guarantees, for any reader of `id > cursor order by id` (this module, `orgsync changes`, or
-//! plain SQL): ids are drawn in commit order under a lock held until the commit is visible, so
-//! the changes a reader can see always form a prefix of the feed. A reader that stores the last
-//! id it handled after handling it sees every change at least once, in commit order; exactly once
-//! when it stores the cursor atomically with its effect. Ids can have gaps (a rolled-back commit).
+//! plain SQL): the ids a reader can see always form a prefix of the feed, contiguous (ids of
+//! releases before the sequencer may have gaps, where a transaction rolled back), so a reader that stores the last id it handled after
+//! handling it sees every change at least once, in the order the sequencer numbered them;
+//! exactly once when it stores the cursor atomically with its effect. Two changes of one row
+//! are in the order they were made. The readers in this module first make every change
+//! committed before the call readable ([`sequence_now`]); a plain-SQL reader sees a change
+//! once a sequencer has ticked (every `orgsync serve` runs one, every ~20 ms).
 //!
 //! Writers name their source for the feed with [`crate::reconcile::begin`] inside each writing
 //! transaction; the job id of a webhook change is the row's `last_job_id`.
+
+pub mod sequencer;
+
+pub use sequencer::{sequence_now, SequencerSettings};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-/// The channel `NOTIFY`ed at the commit of changes (payload `{"schema": …, "id": first id}`).
-/// Database-wide: instances in other schemas notify it too, so it is only a wake-up.
+/// The channel `NOTIFY`ed when a sequencer tick made changes readable (payload
+/// `{"schema": …, "id": the tick's last id}`). Database-wide: instances in other schemas notify
+/// it too, so it is only a wake-up.
 pub const NOTIFY_CHANNEL: &str = "orgsync_changes";
 
 /// The entities the feed reports.
-pub const ENTITIES: &[&str] = &["hotel", "user", "membership", "role", "permission", "invitation"];
+pub const ENTITIES: &[&str] = &["hotel", "user", "membership", "role", "permission", "invitation", "role_set"];
 
 /// One row of the feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Change {
     pub id: i64,
     pub at: DateTime<Utc>,
-    /// `hotel`, `user`, `membership`, `role`, `permission` or `invitation`.
+    /// `hotel`, `user`, `membership`, `role`, `permission`, `invitation` or `role_set`.
     pub entity: String,
-    /// The hotel id, the user id, the Clerk membership id, or the role, permission or
-    /// invitation id.
+    /// The hotel id, the user id, the Clerk membership id, or the role, permission, invitation
+    /// or role set id.
     pub entity_id: String,
     /// The hotel of a hotel, membership or invitation change.
     pub hotel_id: Option<String>,
@@ -46,14 +58,16 @@ pub struct Change {
     pub job_id: Option<i64>,
 }
 
-/// Up to `limit` changes with `id > after`, in id order, of `entity` when given. Safe to call
-/// while changes commit concurrently: never returns a change after one that is not yet visible.
+/// Up to `limit` changes with `id > after`, in id order, of `entity` when given, every change
+/// committed before the call included ([`sequence_now`] first). Safe to call while changes
+/// commit concurrently: never returns a change after one that is not yet readable.
 pub async fn read_after(
     pool: &PgPool,
     after: i64,
     entity: Option<&str>,
     limit: i64,
 ) -> Result<Vec<Change>, sqlx::Error> {
+    sequence_now(pool).await?;
     sqlx::query_as!(
         Change,
         r#"
@@ -71,15 +85,17 @@ pub async fn read_after(
     .await
 }
 
-/// The highest id in the feed (0 when empty): where a consumer starting "from now" begins.
+/// The feed's last id, every change committed before the call included (0 for a new feed):
+/// where a consumer starting "from now" begins.
 pub async fn last_id(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    let id = sqlx::query_scalar!(r#"select coalesce(max(id), 0) as "id!" from changes"#)
+    sequence_now(pool).await?;
+    sqlx::query_scalar!("select last_id from changes_sequencer")
         .fetch_one(pool)
-        .await?;
-    Ok(id)
+        .await
 }
 
-/// Deletes changes older than `retention`, in small batches; returns how many.
+/// Deletes changes older than `retention`, in small batches; returns how many. (Pending changes
+/// are never pruned: they are moved first.)
 pub async fn prune(pool: &PgPool, retention: std::time::Duration) -> Result<u64, sqlx::Error> {
     let secs = retention.as_secs_f64();
     crate::db::delete_in_batches(|| async {

@@ -2,6 +2,7 @@
 //! with Clerk: a signed webhook receiver that stores events durably, a retrying consumer that
 //! reconciles them with newer-wins rules, and a full resync from the Clerk Backend API.
 
+pub mod api;
 pub mod app;
 pub mod changes;
 pub mod clerk;
@@ -9,6 +10,7 @@ pub mod cli;
 pub mod console;
 pub mod db;
 pub mod http;
+pub mod manage;
 pub mod metrics;
 pub mod ops;
 pub mod queue;

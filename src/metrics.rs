@@ -17,8 +17,12 @@
 //! | `orgsync_last_webhook_received_timestamp_seconds` | gauge | |
 //! | `orgsync_resync_runs_total` | counter | `outcome` (succeeded, failed, refused) |
 //! | `orgsync_resync_last_success_timestamp_seconds` | gauge | |
+//! | `orgsync_changes_pending` | gauge | |
+//! | `orgsync_changes_pending_oldest_age_seconds` | gauge | |
+//! | `orgsync_changes_sequenced_total` | counter | |
 //! | `orgsync_database_up` | gauge | |
 //! | `orgsync_http_connections_open` | gauge | `listener` (main, admin) |
+//! | `orgsync_http_connections_evicted_total` | counter | `listener` |
 //! | `orgsync_http_connections_shed_total` | counter | `listener` |
 //! | `orgsync_http_header_timeouts_total` | counter | `listener` |
 
@@ -145,12 +149,30 @@ fn describe() {
         "Open HTTP connections, by listener (main, admin)."
     );
     describe_counter!(
+        "orgsync_http_connections_evicted_total",
+        "Connections closed unanswered to make room for a newcomer on a full listener (the one waiting longest without a complete request), by listener."
+    );
+    describe_counter!(
         "orgsync_http_connections_shed_total",
-        "Connections answered 503 and closed unread because the listener's connection cap was reached, by listener."
+        "Newcomers answered 503 and closed unread because every place under the listener's cap held a request being handled, by listener."
     );
     describe_counter!(
         "orgsync_http_header_timeouts_total",
         "Connections closed for not sending a complete request head in time (stalled, or idle keep-alive), by listener."
+    );
+    describe_gauge!(
+        "orgsync_changes_pending",
+        Unit::Count,
+        "Committed changes not yet readable in the change feed (waiting for a sequencer tick)."
+    );
+    describe_gauge!(
+        "orgsync_changes_pending_oldest_age_seconds",
+        Unit::Seconds,
+        "How long ago the oldest committed change not yet in the feed was written (0 when none waits)."
+    );
+    describe_counter!(
+        "orgsync_changes_sequenced_total",
+        "Changes this process's sequencer made readable in the change feed."
     );
     describe_gauge!(
         "orgsync_database_up",
@@ -194,6 +216,9 @@ pub async fn try_refresh_gauges(pool: &PgPool) -> Result<(), sqlx::Error> {
     if let Some(t) = snapshot.last_resync_success_at {
         metrics::gauge!("orgsync_resync_last_success_timestamp_seconds").set(unix_seconds(t));
     }
+    metrics::gauge!("orgsync_changes_pending").set(snapshot.changes_pending as f64);
+    metrics::gauge!("orgsync_changes_pending_oldest_age_seconds")
+        .set(snapshot.oldest_pending_change_age_seconds.unwrap_or(0.0));
     Ok(())
 }
 

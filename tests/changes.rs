@@ -398,6 +398,7 @@ async fn changes_older_than_the_retention_are_pruned() {
     )
     .await;
     drain(&pool, &fast_workers(), 10).await;
+    orgsync::changes::sequence_now(&pool).await.unwrap(); // into `changes`, to be aged below
     sqlx::query("update changes set at = now() - interval '8 days' where entity_id = 'org_1'")
         .execute(&pool)
         .await

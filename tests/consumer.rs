@@ -498,6 +498,7 @@ async fn concurrent_writers_of_one_hotel_never_lose_the_newest_update() {
         public_metadata: serde_json::json!({}),
         created_at: T0,
         updated_at: T0 + v,
+        role_set_key: None,
     };
     let mut versions: Vec<i64> = (1..=40).collect();
     use rand::seq::SliceRandom;

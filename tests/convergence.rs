@@ -11,7 +11,9 @@
 //! consumer alone, one job per batch, in delivery order; (c) a resync alone, from a fake Clerk
 //! API holding the history's final state (live rows compared, roles, permissions, their sets,
 //! invitations and `member_permissions` included: a resync from nothing has no tombstones to
-//! write).
+//! write), the fake also holding role sets (which have no webhooks) that the hotels use: the
+//! role sets, their roles, the hotels' `role_set_key` and the view's `role_in_role_set` must then
+//! be exactly Clerk's.
 //!
 //! Knobs: `ORGSYNC_PROPTEST_CASES` (default 12) and `ORGSYNC_PROPTEST_SEED` (a number; fixed by
 //! default so CI is repeatable).
@@ -80,7 +82,7 @@ async fn snapshot(pool: &PgPool) -> Value {
                                   created_at, updated_at, clerk_version
                            from invitations where deleted_at is null) i),
           'member_permissions', (select coalesce(jsonb_agg(v order by v.hotel_id, v.user_id, v.permission), '[]')
-                                 from member_permissions v)
+                                 from (select hotel_id, user_id, role, permission from member_permissions) v)
         )
         "#,
     )
@@ -91,7 +93,8 @@ async fn snapshot(pool: &PgPool) -> Value {
 
 async fn reset(pool: &PgPool) {
     sqlx::query(
-        "truncate memberships, invitations, role_permissions, roles, permissions, hotels, users, jobs, snapshot_marks
+        "truncate memberships, invitations, role_permissions, roles, permissions, hotels, users, jobs, snapshot_marks,
+                  role_set_roles, role_sets
          restart identity",
     )
     .execute(pool)
@@ -198,6 +201,67 @@ fn final_state(events: &[Value]) -> FinalState {
         }
     }
     f
+}
+
+/// Role sets for a final state (Clerk sends no webhook for them): with roles, one listing every
+/// live role and one listing the first half (at least one), by key; none without roles.
+fn role_sets_of(state: &FinalState, seed: u64) -> Vec<fake_clerk::RoleSetSeed> {
+    let mut keys: Vec<&str> = state.roles.values().map(|r| r["key"].as_str().unwrap()).collect();
+    keys.sort_unstable();
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    let at = 1_700_000_000_000 + (seed % 1000) as i64;
+    let half = &keys[..keys.len().div_ceil(2)];
+    vec![
+        fake_clerk::role_set("rs_all00000000000000000000001", "role_set:all", &keys, at),
+        fake_clerk::role_set("rs_half0000000000000000000001", "role_set:half", half, at + 1),
+    ]
+}
+
+/// What the rows must say of role sets after a resync from a fake holding `sets`: each role set
+/// with its roles, each live hotel's key (in turn, as [`Harness::check`] assigns them), and for
+/// each row of `member_permissions` whether its hotel's role set lists its role.
+fn expected_role_sets(state: &FinalState, sets: &[fake_clerk::RoleSetSeed]) -> Value {
+    let rows: Vec<Value> = sets
+        .iter()
+        .map(|s| {
+            let mut roles = s.roles.clone();
+            roles.sort();
+            serde_json::json!([s.id, s.key, s.name, s.default_role, s.creator_role, roles])
+        })
+        .collect();
+    let hotels: Vec<Value> = state
+        .orgs
+        .keys()
+        .enumerate()
+        .map(|(i, id)| serde_json::json!([id, sets.get(i % sets.len().max(1)).map(|s| s.key.clone())]))
+        .collect();
+    serde_json::json!({"role_sets": rows, "hotels": hotels})
+}
+
+/// The role sets with their roles, the live hotels' keys, and the view's distinct
+/// `(hotel_id, role, role_in_role_set)`.
+async fn role_set_rows(pool: &PgPool) -> Value {
+    sqlx::query_scalar(
+        r#"
+        select jsonb_build_object(
+          'role_sets', (select coalesce(jsonb_agg(jsonb_build_array(s.id, s.key, s.name, s.default_role_key,
+                                                                     s.creator_role_key,
+                                                                     (select coalesce(jsonb_agg(x.role_key order by x.role_key), '[]')
+                                                                      from role_set_roles x where x.role_set_id = s.id))
+                                                  order by s.id), '[]')
+                        from role_sets s where s.deleted_at is null),
+          'hotels', (select coalesce(jsonb_agg(jsonb_build_array(id, role_set_key) order by id), '[]')
+                     from hotels where deleted_at is null),
+          'view', (select coalesce(jsonb_agg(distinct jsonb_build_array(hotel_id, role, role_in_role_set)), '[]')
+                   from member_permissions)
+        )
+        "#,
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 /// The live rows of a [`snapshot`].
@@ -359,10 +423,18 @@ impl Harness {
         reset(quiet).await;
         let fake = FakeClerk::start().await;
         let state = final_state(&events);
-        state.orgs.values().for_each(|o| fake.put_org(o));
+        state.roles.values().for_each(|r| fake.put_role(r));
+        let role_sets = role_sets_of(&state, seed);
+        role_sets.iter().for_each(|s| fake.put_role_set(s));
+        for (i, o) in state.orgs.values().enumerate() {
+            let mut o = o.clone();
+            if !role_sets.is_empty() {
+                o["role_set_key"] = role_sets[i % role_sets.len()].key.clone().into();
+            }
+            fake.put_org(&o);
+        }
         state.users.values().for_each(|u| fake.put_user(u));
         state.members.values().for_each(|m| fake.put_membership(m));
-        state.roles.values().for_each(|r| fake.put_role(r));
         state.permissions.values().for_each(|p| fake.put_permission(p));
         state.invitations.values().for_each(|i| fake.put_invitation(i));
         resync(quiet, &fake.client(), &ResyncOptions::default())
@@ -373,6 +445,24 @@ impl Harness {
             return Err(format!(
                 "a resync from the final state diverged\nexpected: {:#}\nactual: {resynced:#}",
                 live(&expected)
+            ));
+        }
+        let mut got = role_set_rows(quiet).await;
+        let view = got.as_object_mut().unwrap().remove("view").unwrap();
+        let want = expected_role_sets(&state, &role_sets);
+        for row in view.as_array().unwrap() {
+            let (hotel, role) = (row[0].as_str().unwrap(), row[1].as_str().unwrap());
+            let i = state.orgs.keys().position(|o| o == hotel).unwrap();
+            let expected = role_sets.get(i % role_sets.len().max(1)).map(|s| s.roles.iter().any(|r| r == role));
+            if row[2] != serde_json::json!(expected) {
+                return Err(format!("member_permissions says role_in_role_set {} for {hotel} / {role}", row[2]));
+            }
+        }
+        if want != got {
+            return Err(format!(
+                "a resync from the final state mirrored other role sets
+expected: {want:#}
+actual: {got:#}"
             ));
         }
         Ok(())

@@ -366,6 +366,9 @@ async fn metrics_parse_and_move_when_events_are_processed() {
         ("orgsync_oldest_pending_job_age_seconds", "gauge"),
         ("orgsync_last_webhook_received_timestamp_seconds", "gauge"),
         ("orgsync_database_up", "gauge"),
+        ("orgsync_http_connections_open", "gauge"),
+        ("orgsync_http_connections_evicted_total", "counter"),
+        ("orgsync_http_connections_shed_total", "counter"),
     ] {
         assert_eq!(after.types.get(name).map(String::as_str), Some(kind), "{name}");
         assert!(after.help.get(name).is_some_and(|h| !h.is_empty()), "{name} has HELP");

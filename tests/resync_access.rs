@@ -401,6 +401,7 @@ async fn a_deleted_hotel_tombstones_its_invitations_for_good() {
         Some(true),
         "kept, as a tombstone"
     );
+    orgsync::changes::sequence_now(&pool).await.unwrap(); // no sequencer runs in this test
     let feed = scalar_i64(
         &pool,
         "select count(*) from changes where entity = 'invitation' and op = 'deleted'",

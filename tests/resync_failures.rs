@@ -89,8 +89,8 @@ async fn a_401_is_a_clear_key_error_and_is_not_retried() {
     assert!(source.is_auth(), "{source}");
     assert!(err.to_string().contains("CLERK_SECRET_KEY"), "{err}");
     assert!(!report.complete);
-    // One request per listing (six, and the users count first): none retried.
-    assert_eq!(fake.log().len() - requests_before, 7);
+    // One request per listing (seven, and the users count first): none retried.
+    assert_eq!(fake.log().len() - requests_before, 8);
     assert_eq!(fingerprint(&pool).await, before);
     let (outcome, _, _, error) = last_run(&pool).await;
     assert_eq!(outcome, "failed");

@@ -349,6 +349,8 @@ fn dummy_report() -> ResyncReport {
         roles: Default::default(),
         permissions: Default::default(),
         invitations: Default::default(),
+        role_sets: Default::default(),
+        members_outside_role_set: 0,
         memberships_ended_by_deletes: 0,
         skipped: Default::default(),
         mass_delete: None,

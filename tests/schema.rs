@@ -219,6 +219,8 @@ async fn two_instances_share_a_database_in_two_schemas() {
     let workers = fast_workers();
     tokio::join!(drain(&production, &workers, 10), drain(&staging, &workers, 10));
     let ids = |pool: PgPool| async move {
+        // Each schema's own sequencer (no server runs here) numbers its own feed from 1.
+        orgsync::changes::sequence_now(&pool).await.unwrap();
         let hotels: Vec<String> = sqlx::query_scalar("select id from hotels")
             .fetch_all(&pool)
             .await

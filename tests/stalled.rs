@@ -1,31 +1,22 @@
 //! Slow and stalled clients cannot hold the process's sockets: a connection that does not
 //! finish its request head (or idles after a response) is closed within the header deadline, a
 //! request whose body stalls is answered 408 and closed within the request deadline, both on the
-//! webhook and the admin listener; beyond the connection cap new connections are answered 503
-//! and counted; and signed deliveries are acknowledged all the while.
+//! webhook and the admin listener; beyond the connection cap the oldest stalled connections are
+//! closed to make room and counted; and signed deliveries are acknowledged all the while.
+//! (tests/slowloris.rs: floods and attackers.)
 //!
 //! The deadlines here are short so the tests are quick; the closes are awaited with generous
 //! slack (they test that a close happens, not how fast).
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::raw_clients::*;
 use common::*;
 use orgsync::http::server::HttpLimits;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
-
-/// Added to every deadline before a connection still open counts as a failure.
-const SLACK: Duration = Duration::from_secs(5);
-
-/// A request head cut off in the middle of a header line.
-const HALF_HEAD: &[u8] = b"POST /webhooks/clerk HTTP/1.1\r\nhost: orgsync\r\ncontent-type: appl";
-/// A complete head announcing a body (under the receiver's 64 KiB limit) of which one byte comes.
-const STALLED_BODY: &[u8] = b"POST /webhooks/clerk HTTP/1.1\r\nhost: orgsync\r\ncontent-type: application/json\r\ncontent-length: 60000\r\n\r\n{";
-const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: orgsync\r\n\r\n";
 
 fn limits(header: Duration, request: Duration, max_connections: usize) -> HttpLimits {
     HttpLimits {
@@ -41,81 +32,6 @@ async fn app_with(pool: sqlx::PgPool, limits: HttpLimits) -> TestApp {
     cfg.http = limits;
     cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
     TestApp::spawn(pool, cfg).await
-}
-
-/// Opens a connection and writes `bytes` on it.
-async fn open(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.expect("connects");
-    s.write_all(bytes).await.expect("writes");
-    s
-}
-
-/// Reads until the server closes the connection (end of stream or reset) and returns what it
-/// sent; panics if it is still open at `deadline`.
-async fn closed_by(mut s: TcpStream, deadline: Instant, what: &str) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => panic!(
-                "{what}: still open at the deadline; received {:?}",
-                String::from_utf8_lossy(&got)
-            ),
-            Ok(Ok(0)) | Ok(Err(_)) => return String::from_utf8_lossy(&got).into_owned(),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
-/// Sends one keep-alive request (`GET /healthz`: 200 on the admin listener, 404 on the webhook
-/// one) and reads its whole response (head and `content-length` body), leaving the connection
-/// idle.
-async fn request_then_idle(addr: SocketAddr) -> TcpStream {
-    let mut s = open(addr, HEALTHZ).await;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = tokio::time::timeout(SLACK, s.read(&mut buf))
-            .await
-            .expect("the response comes")
-            .unwrap();
-        assert!(n > 0, "closed before answering: {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&got).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            assert!(head.starts_with("HTTP/1.1 "), "{head}");
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length: ")
-                        .map(str::to_owned)
-                })
-                .expect("content-length")
-                .parse()
-                .unwrap();
-            if body.len() >= len {
-                return s;
-            }
-        }
-    }
-}
-
-/// The value of `orgsync_http_connections_shed_total{listener="main"}` scraped from `admin`.
-async fn shed_count(app: &TestApp) -> f64 {
-    let admin = app.admin_addr.unwrap();
-    let text = app
-        .client
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("orgsync_http_connections_shed_total{listener=\"main\"} "))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -221,50 +137,53 @@ async fn deliveries_are_acknowledged_while_hundreds_of_stalled_connections_are_h
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn beyond_the_connection_cap_new_connections_are_shed_with_503_and_counted() {
+async fn beyond_the_connection_cap_the_oldest_stalled_connections_are_closed_to_make_room_and_counted() {
     let db = TestDb::new().await;
-    let header = Duration::from_secs(5);
-    let app = app_with(db.pool.clone(), limits(header, Duration::from_secs(5), 20)).await;
+    let header = Duration::from_secs(30);
+    let app = app_with(db.pool.clone(), limits(header, Duration::from_secs(30), 20)).await;
     let body = fixture("organization.created");
-    let before = shed_count(&app).await;
+    let evicted = || connection_counter(&app, "orgsync_http_connections_evicted_total", "main");
+    let shed = || connection_counter(&app, "orgsync_http_connections_shed_total", "main");
+    let (evicted_before, shed_before) = (evicted().await, shed().await);
 
-    // Twenty silent connections take every place under the cap until the header deadline.
+    // Twenty silent connections take every place under the cap.
     let start = Instant::now();
     let mut held = Vec::new();
     for _ in 0..20 {
         held.push(open(app.addr, b"").await);
     }
-    // The next ones are answered 503 at once (not closed by the header deadline, which sends
-    // nothing), in the order they were accepted.
-    for i in 0..5 {
-        let s = open(app.addr, b"").await;
-        let got = closed_by(s, start + header, &format!("connection {} beyond the cap", 21 + i)).await;
-        assert!(got.starts_with("HTTP/1.1 503"), "beyond the cap: {got:?}");
+    // Each newcomer takes the place of the oldest: the first five are closed unanswered at once,
+    // long before the header deadline, in the order they opened.
+    let mut newcomers = Vec::new();
+    for _ in 0..5 {
+        newcomers.push(open(app.addr, HALF_HEAD).await);
     }
-    // A delivery beyond the cap gets the 503, or a reset if its request was already on the wire
-    // when the unread connection was closed; either way Svix delivers it again later.
-    let refused = app
-        .client
-        .post(app.url("/webhooks/clerk"))
-        .headers(app.signer.sign("msg_shed", now_secs(), body.as_bytes()))
-        .body(body.clone())
-        .send()
-        .await;
-    assert!(
-        refused.as_ref().map_or(true, |r| r.status() == 503),
-        "a delivery beyond the cap is refused: {refused:?}"
-    );
-    // The admin listener has places of its own: the metric is readable meanwhile.
-    assert_eq!(shed_count(&app).await - before, 6.0, "every shed connection is counted");
-
-    // Once the held connections are closed, deliveries are served again.
-    let deadline = start + header + SLACK;
-    for s in held {
-        closed_by(s, deadline, "a connection holding a place").await;
+    let soon = start + Duration::from_secs(10);
+    for (i, s) in held.drain(..5).enumerate() {
+        let got = closed_by(s, soon, &format!("held connection {i}, evicted for a newcomer")).await;
+        assert!(got.is_empty(), "an evicted connection gets no answer: {got:?}");
     }
-    let r = app.deliver("msg_after", &body).await;
-    assert_eq!(r.status(), 202);
+    for (i, s) in held.iter_mut().enumerate() {
+        assert!(
+            !closed_within(s, Duration::from_millis(20)).await,
+            "held connection {} is still open",
+            i + 5
+        );
+    }
+    // A delivery beyond the cap is served: it evicts the oldest still held.
+    let r = app.deliver("msg_beyond_the_cap", &body).await;
+    assert_eq!(r.status(), 202, "a delivery beyond the cap is served");
     assert_eq!(job_count(&app.pool).await, 1);
+    closed_by(held.remove(0), soon, "the held connection evicted for the delivery").await;
+    // The admin listener has places of its own: the metrics are readable meanwhile.
+    assert_eq!(evicted().await - evicted_before, 6.0, "every eviction is counted");
+    assert_eq!(shed().await - shed_before, 0.0, "nothing was refused");
+    for s in newcomers.iter_mut() {
+        assert!(
+            !closed_within(s, Duration::from_millis(20)).await,
+            "the newcomers are kept"
+        );
+    }
     app.stop().await;
 }
 
@@ -284,7 +203,7 @@ fn the_limits_are_set_from_the_command_line_with_documented_defaults() {
     assert_eq!(defaults, HttpLimits::default());
     assert_eq!(
         defaults,
-        limits(Duration::from_secs(10), Duration::from_secs(30), 512),
+        limits(Duration::from_secs(10), Duration::from_secs(30), 10_000),
         "as documented in the README"
     );
     assert_eq!(

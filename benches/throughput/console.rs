@@ -122,6 +122,8 @@ async fn generate(pool: &PgPool) {
     for sql in statements {
         sqlx::query(&sql).execute(pool).await.unwrap();
     }
+    // The rows' changes are committed; the sequencer makes them the feed.
+    orgsync::changes::sequence_now(pool).await.unwrap();
     let (dead, changes): (i64, i64) =
         sqlx::query_as("select (select count(*) from jobs where state = 'dead'), (select count(*) from changes)")
             .fetch_one(pool)
@@ -161,6 +163,9 @@ async fn measure(pool: &PgPool) -> Vec<Row> {
         resync_interval: None,
         self_heal_after: 3,
         mass_delete_threshold: 0.10,
+        api_listen: None,
+        api: Default::default(),
+        feed: Default::default(),
         console: Some(orgsync::console::ConsoleConfig::default()),
     };
     let app = orgsync::app::Application::build_with_pool(config, pool.clone())

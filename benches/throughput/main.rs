@@ -15,13 +15,15 @@
 //!    `orgsync serve` with its workers, timed until the rows are the history's final state;
 //! 5. resync ([`resync`]): the real `orgsync resync` against a fake Clerk API, from empty and
 //!    unchanged, with the child's own peak RSS, at one or more scales;
-//! 6. console ([`console`]): each console page's render time with a million jobs and 100,000
+//! 6. stalled ([`stalled`]): the real `orgsync serve` holding 10,000 stalled connections, its RSS
+//!    and the latency of genuine deliveries posted meanwhile.
+//! 7. console ([`console`]): each console page's render time with a million jobs and 100,000
 //!    memberships behind it, and no sequential scan of a big table.
 //!
 //! Knobs: `ORGSYNC_BENCH_SECONDS` (length of each timed phase of the baseline and ingest,
 //! default 5), `ORGSYNC_BENCH_SCALE` (a factor on the dataset sizes, default 1.0),
 //! `ORGSYNC_BENCH_SCALES` (e.g. `1,5`: the resync phase at each scale, ratios to the first),
-//! `ORGSYNC_BENCH_ONLY` (`ingest`, `reconcile`, `e2e`, `resync` or `console`, with the baseline),
+//! `ORGSYNC_BENCH_ONLY` (`ingest`, `reconcile`, `e2e`, `resync`, `stalled` or `console`, with the baseline),
 //! `DATABASE_URL` (the server; databases `orgsync_bench` and `orgsync_bench_resync_<n>` are
 //! created on it and dropped at the end). Every failed check panics, so the bench exits non-zero.
 
@@ -35,7 +37,9 @@ mod ingest;
 mod measure;
 mod reconcile;
 mod resync;
+mod sampler;
 mod serve;
+mod stalled;
 
 use std::time::Duration;
 
@@ -69,12 +73,16 @@ impl Row {
     }
 }
 
-/// Empties the job and domain tables (and what refers to them).
+/// Empties the job and domain tables (and what refers to them), and starts the change feed over
+/// (its sequence restarts, so the sequencer's floor must too).
 pub async fn truncate(pool: &PgPool) {
-    sqlx::query("truncate jobs, memberships, hotels, users, changes, snapshot_marks restart identity cascade")
-        .execute(pool)
-        .await
-        .unwrap();
+    sqlx::raw_sql(
+        "truncate jobs, memberships, hotels, users, changes, pending_changes, snapshot_marks restart identity cascade;
+         update changes_sequencer set last_id = 0, floor_seq = 0, candidate_seq = null, candidate_xid = null;",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 fn env_f64(name: &str, default: f64) -> f64 {
@@ -142,7 +150,7 @@ async fn main() {
     );
     println!();
 
-    // ORGSYNC_BENCH_ONLY=ingest|reconcile|e2e|resync|console runs the baseline and that phase alone.
+    // ORGSYNC_BENCH_ONLY=ingest|reconcile|e2e|resync|stalled|console runs the baseline and that phase alone.
     let only = std::env::var("ORGSYNC_BENCH_ONLY").unwrap_or_default();
     let run = |name: &str| only.is_empty() || only == name;
     let mut rows = Vec::new();
@@ -160,13 +168,17 @@ async fn main() {
         truncate(&pool).await;
     }
     if run("reconcile") {
-        rows.extend(reconcile::run(&pool, scale, baseline).await);
+        rows.extend(reconcile::run(&pool, &db_url, scale, baseline).await);
     }
     if run("e2e") {
         rows.extend(end_to_end::run(&pool, &db_url, scale, baseline).await);
     }
     if run("resync") {
         rows.extend(resync::run(&admin, &base, &scales, baseline).await);
+    }
+    if run("stalled") {
+        rows.extend(stalled::run(&db_url).await);
+        truncate(&pool).await;
     }
     if run("console") {
         rows.extend(console::run(&admin, &base).await);

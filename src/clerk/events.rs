@@ -41,6 +41,10 @@ pub struct Organization {
     pub public_metadata: Value,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// The key of the role set the organization's members' roles come from (see
+    /// `clerk::role_set`); absent (null) on instances without role sets.
+    #[serde(default, deserialize_with = "optional_text")]
+    pub role_set_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -393,7 +397,7 @@ pub fn normalize_role(role: &str) -> String {
     }
 }
 
-fn role_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+pub(crate) fn role_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(normalize_role(&non_empty_text(d)?))
 }
 
@@ -402,7 +406,7 @@ const MAX_KEY: usize = 256;
 
 /// A required text field that identifies something (a key, a status): cleaned like [`text`],
 /// then 1-256 characters.
-fn non_empty_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+pub(crate) fn non_empty_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let raw = text(d)?;
     if raw.is_empty() || raw.chars().count() > MAX_KEY {
         return Err(serde::de::Error::custom("key must hold 1-256 characters"));

@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod console;
+pub mod manage;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -63,6 +64,8 @@ pub enum Command {
     /// Create, list and revoke the API tokens of the `/v1` API and the console.
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
+    #[command(flatten)]
+    Manage(manage::ManageCommand),
     /// Exit 0 when a running orgsync answers /healthz (for container health checks).
     Healthcheck {
         /// The health endpoint to probe.
@@ -257,6 +260,10 @@ pub struct ChangesArgs {
     /// How often --follow looks for changes when no notification arrives.
     #[arg(long, env = "ORGSYNC_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
+    /// How often --follow's own sequencer makes committed changes readable (it ticks only
+    /// when no `orgsync serve` got there first).
+    #[arg(long, env = "ORGSYNC_FEED_TICK", default_value = "20ms", value_parser = parse_positive_duration)]
+    pub feed_tick: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -350,6 +357,10 @@ pub struct ServeArgs {
     pub mass_delete_threshold: f64,
     #[command(flatten)]
     pub console: console::ConsoleArgs,
+    pub api: manage::ApiArgs,
+    /// How often the change feed's sequencer makes committed changes readable.
+    #[arg(long, env = "ORGSYNC_FEED_TICK", default_value = "20ms", value_parser = parse_positive_duration)]
+    pub feed_tick: Duration,
 }
 
 /// Deadlines and the connection cap of the HTTP listeners (see [`HttpLimits`]).
@@ -364,10 +375,12 @@ pub struct HttpArgs {
     /// 408 and the connection closed beyond it.
     #[arg(long, env = "ORGSYNC_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub request_timeout: Duration,
-    /// Most connections open at once on the main listener; more are answered 503 and closed
-    /// (counted by orgsync_http_connections_shed_total). Keep it well below the process's
-    /// descriptor limit (`ulimit -n`).
-    #[arg(long, env = "ORGSYNC_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Most connections open at once on the main listener. Beyond it a newcomer takes the place
+    /// of the connection waiting longest without a complete request (counted by
+    /// orgsync_http_connections_evicted_total); requests being handled are never cut off. Lowered
+    /// at start to what the open-files limit allows (the soft limit is first raised to the hard
+    /// one).
+    #[arg(long, env = "ORGSYNC_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 }
 
@@ -473,6 +486,9 @@ impl ServeArgs {
             self_heal_after: self.self_heal_after,
             mass_delete_threshold: self.mass_delete_threshold,
             console: self.console.config(),
+            api_listen: self.api.api_listen.0,
+            api: self.api.settings(),
+            feed: crate::changes::SequencerSettings { tick: self.feed_tick },
         }
     }
 }
@@ -523,12 +539,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 follow: args.follow,
                 json: args.json,
                 poll_interval: args.poll_interval,
+                feed: crate::changes::SequencerSettings { tick: args.feed_tick },
             };
             let pool = crate::ops::connect(&args.database.database_url, &args.database.schema)?;
             crate::ops::changes::command(pool, query).await
         }
         Command::Access(args) => commands::access(args).await,
         Command::Tokens(command) => tokens::run(command).await,
+        Command::Manage(command) => manage::run(command).await,
         Command::Healthcheck { url } => {
             let ok = reqwest::Client::new()
                 .get(&url)

@@ -125,6 +125,8 @@ pub async fn page(
     Query(p): Query<ChangesParams>,
 ) -> ConsoleResult<Markup> {
     let entity = entity_of(&p)?;
+    // Every change committed before this request is readable (as `read_after` makes sure).
+    crate::changes::sequence_now(&state.pool).await?;
     let changes = latest(&state.pool, entity.as_deref(), p.before).await?;
     // Follow from the newest change there is (not the newest shown, when paging back).
     let follow_from = match p.before {

@@ -59,7 +59,13 @@ pub async fn gather(pool: &PgPool, max_pending_age: std::time::Duration) -> Resu
                 as last_resync_success,
             (select coalesce(jsonb_object_agg(outcome, n), '{}'::jsonb)
              from (select outcome, count(*) as n from resync_runs
-                   where not dry_run and outcome <> 'running' group by outcome) r) as "resync_runs!"
+                   where not dry_run and outcome <> 'running' group by outcome) r) as "resync_runs!",
+            (select count(*) from pending_changes
+             where seq > (select floor_seq from changes_sequencer)) as "changes_pending!",
+            extract(epoch from now() - (select min(at) from pending_changes
+                                        where seq > (select floor_seq from changes_sequencer)))::float8
+                as oldest_pending_change_age,
+            (select last_id from changes_sequencer) as "changes_last_id!"
         "#,
         EXACT_UP_TO
     )
@@ -102,6 +108,9 @@ pub async fn gather(pool: &PgPool, max_pending_age: std::time::Duration) -> Resu
         last_webhook_received_at: exact.last_received,
         resync_runs,
         last_resync_success_at: exact.last_resync_success,
+        changes_pending: exact.changes_pending,
+        oldest_pending_change_age_seconds: exact.oldest_pending_change_age.map(|s| s.max(0.0)),
+        changes_last_id: exact.changes_last_id,
     };
     let runs = status::recent_resync_runs(pool).await?;
     let status = status::assess(queue, runs, max_pending_age);

@@ -1,7 +1,10 @@
 //! The HTTP surface: the Clerk webhook receiver, health probes and metrics, served under
-//! deadlines and a connection cap ([`server`]).
+//! deadlines and a connection cap that makes room by evicting stalled connections ([`server`]).
 
+mod connections;
+pub mod descriptors;
 pub mod server;
+mod tracked;
 pub mod webhook;
 
 use std::sync::Arc;

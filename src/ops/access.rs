@@ -1,7 +1,8 @@
 //! `orgsync access USER_ID HOTEL_ID [PERMISSION]`: the operator's answer to "why can't Jane see
 //! bookings?". It reads the same view the app checks access with (`member_permissions`), and
 //! next to it the facts that explain the answer: the membership, the hotel, the user's status,
-//! the role and where the permissions came from.
+//! the role and where the permissions came from, and whether the hotel's role set lists the role
+//! (Clerk refuses a role its organization's role set does not list).
 //!
 //! Exit codes ([`Access::exit_code`]): with a permission, 0 when the user holds it in that hotel
 //! and 1 when not; without one, 0 when the user is a member holding access (live membership of
@@ -25,6 +26,17 @@ pub enum GrantSource {
     MembershipPermissions,
 }
 
+/// The hotel's role set and whether it lists the member's role.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleSetFacts {
+    /// The hotel's `role_set_key`.
+    pub key: String,
+    /// The role set's name; None when no live role set with that key is mirrored.
+    pub name: Option<String>,
+    /// Whether it lists the member's role (None when it is not mirrored: unknown).
+    pub lists_role: Option<bool>,
+}
+
 /// The membership and what explains its access.
 #[derive(Debug, Clone, Serialize)]
 pub struct MembershipFacts {
@@ -39,6 +51,8 @@ pub struct MembershipFacts {
     pub banned: bool,
     pub locked: bool,
     pub source: GrantSource,
+    /// None when the hotel names no role set.
+    pub role_set: Option<RoleSetFacts>,
 }
 
 /// The answer for one user in one hotel.
@@ -56,6 +70,8 @@ pub struct Access {
     pub held: Option<bool>,
     /// Why access is refused, when it is: each reason a person can act on.
     pub reasons: Vec<String>,
+    /// What is wrong without refusing access: a role the hotel's role set does not list.
+    pub notes: Vec<String>,
 }
 
 impl Access {
@@ -86,11 +102,15 @@ pub async fn check_access(
         select m.role, m.role_name, m.created_at, m.deleted_at as removed_at,
                h.name as hotel_name, h.deleted_at as hotel_deleted_at,
                u.email, u.deleted_at as user_deleted_at, u.banned, u.locked,
-               r.id as "role_id?", r.name as "role_display?"
+               r.id as "role_id?", r.name as "role_display?",
+               h.role_set_key, rs.name as "role_set_name?",
+               (select exists (select 1 from role_set_roles x where x.role_set_id = rs.id and x.role_key = m.role))
+                   as "role_in_role_set?"
         from memberships m
         join hotels h on h.id = m.hotel_id
         join users u on u.id = m.user_id
         left join roles r on r.key = m.role and r.deleted_at is null
+        left join role_sets rs on rs.key = h.role_set_key and rs.deleted_at is null
         where m.hotel_id = $1 and m.user_id = $2
         "#,
         hotel_id,
@@ -108,6 +128,7 @@ pub async fn check_access(
     .await?;
 
     let mut reasons = Vec::new();
+    let mut notes = Vec::new();
     let membership = match facts {
         None => {
             let known = sqlx::query!(
@@ -147,6 +168,25 @@ pub async fn check_access(
                 (Some(role_id), Some(name)) => GrantSource::Role { role_id, name },
                 _ => GrantSource::MembershipPermissions,
             };
+            let role_set = f.role_set_key.map(|key| {
+                let lists_role = f.role_set_name.as_ref().and(f.role_in_role_set);
+                match lists_role {
+                    Some(false) => notes.push(format!(
+                        "role {} is not in the hotel's role set {key}: Clerk would refuse it for this hotel",
+                        f.role
+                    )),
+                    None => notes.push(format!(
+                        "the hotel's role set {key} is not mirrored yet: whether it lists role {} is unknown",
+                        f.role
+                    )),
+                    Some(true) => {}
+                }
+                RoleSetFacts {
+                    key,
+                    name: f.role_set_name,
+                    lists_role,
+                }
+            });
             Some(MembershipFacts {
                 role: f.role,
                 role_name: f.role_name,
@@ -159,6 +199,7 @@ pub async fn check_access(
                 banned: f.banned,
                 locked: f.locked,
                 source,
+                role_set,
             })
         }
     };
@@ -190,6 +231,7 @@ pub async fn check_access(
         permission: permission.map(str::to_owned),
         held,
         reasons,
+        notes,
     })
 }
 
@@ -219,6 +261,15 @@ pub fn write_access(out: &mut impl Write, a: &Access) -> std::io::Result<()> {
                 }
             };
             writeln!(out, "granted by:  {source}")?;
+            if let Some(set) = &m.role_set {
+                let name = set.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+                let listed = match set.lists_role {
+                    Some(true) => "lists this role",
+                    Some(false) => "does NOT list this role",
+                    None => "not mirrored",
+                };
+                writeln!(out, "role set:    {}{name}, {listed}", set.key)?;
+            }
         }
     }
     if a.grants.is_empty() {
@@ -234,6 +285,9 @@ pub fn write_access(out: &mut impl Write, a: &Access) -> std::io::Result<()> {
     }
     for r in &a.reasons {
         writeln!(out, "because {r}")?;
+    }
+    for n in &a.notes {
+        writeln!(out, "note: {n}")?;
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! `orgsync changes`: prints the change feed ([`crate::changes`]) in id order, and with
 //! `follow` keeps printing changes as they commit, waking on `LISTEN orgsync_changes` and polling
 //! as a fallback (a lost connection or notification only delays a change, never skips it: every
-//! read is `id > cursor`, and the feed's ids become visible in order).
+//! read is `id > cursor`, and the feed's ids become visible in order). Following runs a
+//! sequencer of its own, so it does not depend on a running `orgsync serve`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::changes::{read_after, Change, NOTIFY_CHANNEL};
+use crate::changes::{read_after, Change, SequencerSettings, NOTIFY_CHANNEL};
 
 /// Changes read per query.
 pub const PAGE: i64 = 1000;
@@ -28,6 +29,8 @@ pub struct ChangesQuery {
     pub json: bool,
     /// How often `follow` looks for changes when no notification arrives.
     pub poll_interval: Duration,
+    /// The sequencer `follow` runs alongside (see [`crate::changes::sequencer::run`]).
+    pub feed: SequencerSettings,
 }
 
 /// Writes one change: a JSON line, or one line of text
@@ -141,11 +144,22 @@ pub async fn command(pool: PgPool, query: ChangesQuery) -> anyhow::Result<i32> {
         }
     }
     let cancel = CancellationToken::new();
+    let mut sequencer = None;
     if query.follow {
         crate::app::cancel_on_signals(cancel.clone());
+        sequencer = Some(tokio::spawn(crate::changes::sequencer::run(
+            pool.clone(),
+            query.feed.clone(),
+            cancel.clone(),
+        )));
     }
     let mut out = std::io::stdout().lock();
-    match print_changes(&pool, &query, &mut out, &cancel).await {
+    let printed = print_changes(&pool, &query, &mut out, &cancel).await;
+    cancel.cancel();
+    if let Some(s) = sequencer {
+        let _ = s.await;
+    }
+    match printed {
         Ok(_) => Ok(0),
         // The reader of a pipe went away (`orgsync changes --follow | head`): a normal end.
         Err(e)

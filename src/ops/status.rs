@@ -31,6 +31,13 @@ pub struct QueueSnapshot {
     pub resync_runs: BTreeMap<String, i64>,
     /// When the last applied (not dry-run) resync succeeded.
     pub last_resync_success_at: Option<DateTime<Utc>>,
+    /// The change feed's lag: committed changes no sequencer tick has made readable yet.
+    pub changes_pending: i64,
+    /// How long ago the oldest of them was written (None when none waits). It counts from the
+    /// writing statement, so a long transaction's changes look older than their commit.
+    pub oldest_pending_change_age_seconds: Option<f64>,
+    /// The feed's last id.
+    pub changes_last_id: i64,
 }
 
 impl QueueSnapshot {
@@ -41,7 +48,8 @@ impl QueueSnapshot {
 
 /// Reads the snapshot. Err when the database cannot be read.
 pub async fn snapshot(pool: &PgPool) -> Result<QueueSnapshot, sqlx::Error> {
-    // One scan of `jobs` for every count, plus two small lookups in `resync_runs`.
+    // One scan of `jobs` for every count, plus small lookups in `resync_runs` and in the feed's
+    // pending changes (those above the sequencer's floor: below it, all are gone).
     let row = sqlx::query!(
         r#"
         select
@@ -58,7 +66,13 @@ pub async fn snapshot(pool: &PgPool) -> Result<QueueSnapshot, sqlx::Error> {
                 as last_resync_success,
             (select coalesce(jsonb_object_agg(outcome, n), '{}'::jsonb)
              from (select outcome, count(*) as n from resync_runs
-                   where not dry_run and outcome <> 'running' group by outcome) r) as "resync_runs!"
+                   where not dry_run and outcome <> 'running' group by outcome) r) as "resync_runs!",
+            (select count(*) from pending_changes
+             where seq > (select floor_seq from changes_sequencer)) as "changes_pending!",
+            extract(epoch from now() - (select min(at) from pending_changes
+                                        where seq > (select floor_seq from changes_sequencer)))::float8
+                as oldest_pending_change_age,
+            (select last_id from changes_sequencer) as "changes_last_id!"
         from jobs
         "#
     )
@@ -91,6 +105,9 @@ pub async fn snapshot(pool: &PgPool) -> Result<QueueSnapshot, sqlx::Error> {
         last_webhook_received_at: row.last_received,
         resync_runs,
         last_resync_success_at: row.last_resync_success,
+        changes_pending: row.changes_pending,
+        oldest_pending_change_age_seconds: row.oldest_pending_change_age.map(|s| s.max(0.0)),
+        changes_last_id: row.changes_last_id,
     })
 }
 
@@ -161,7 +178,8 @@ pub async fn recent_resync_runs(pool: &PgPool) -> Result<Vec<ResyncRun>, sqlx::E
 
 /// The verdict of `orgsync status` (and of the console's overview, which reads `queue` more
 /// cheaply): a person is needed when dead jobs exist, the oldest due job has waited longer than
-/// `max_pending_age` (workers down or far behind), or the last finished resync failed or was
+/// `max_pending_age` (workers down or far behind), a committed change has waited that long for
+/// the feed's sequencer (no `orgsync serve` running), or the last finished resync failed or was
 /// refused. `runs` is what [`recent_resync_runs`] returns.
 pub fn assess(queue: QueueSnapshot, runs: Vec<ResyncRun>, max_pending_age: Duration) -> Status {
     let last_resync = runs.first().cloned();
@@ -185,6 +203,19 @@ pub fn assess(queue: QueueSnapshot, runs: Vec<ResyncRun>, max_pending_age: Durat
             "the oldest due job has waited {} (threshold {}): are the workers running?",
             human_secs(age),
             humantime::format_duration(max_pending_age)
+        ));
+    }
+    if let Some(age) = queue
+        .oldest_pending_change_age_seconds
+        .filter(|&a| a > max_pending_age.as_secs_f64())
+    {
+        problems.push(format!(
+            "{} committed change{s} not yet in the change feed, the oldest written {} ago (threshold {}): \
+             is an `orgsync serve` running? (it sequences the feed)",
+            queue.changes_pending,
+            human_secs(age),
+            humantime::format_duration(max_pending_age),
+            s = if queue.changes_pending == 1 { "" } else { "s" }
         ));
     }
     if let Some(run) = last_finished
@@ -232,6 +263,17 @@ pub fn write_status(out: &mut impl Write, status: &Status) -> io::Result<()> {
     match q.last_webhook_received_at {
         Some(t) => writeln!(out, "last webhook:  {} ({} ago)", time(t), ago(t))?,
         None => writeln!(out, "last webhook:  none in the job table")?,
+    }
+    match q.oldest_pending_change_age_seconds {
+        Some(age) => writeln!(
+            out,
+            "change feed:   last id {}; {} committed change{} waiting for the sequencer, the oldest written {} ago",
+            q.changes_last_id,
+            q.changes_pending,
+            if q.changes_pending == 1 { "" } else { "s" },
+            human_secs(age)
+        )?,
+        None => writeln!(out, "change feed:   last id {}; nothing waiting", q.changes_last_id)?,
     }
     match &status.last_resync {
         None => writeln!(out, "last resync:   never")?,

@@ -580,13 +580,20 @@ async fn listen(pool: PgPool, wake: Arc<Notify>, cancel: CancellationToken) {
     }
 }
 
-/// Deletes `done` and `skipped` jobs older than `retention`, in small batches, hourly.
+/// Deletes `done` and `skipped` jobs older than `retention`, and the API's Idempotency-Keys
+/// older than it (at least 24 hours), in small batches, hourly.
 async fn prune_loop(pool: PgPool, retention: Duration, cancel: CancellationToken) {
     loop {
         match prune(&pool, retention).await {
             Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned old jobs"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "pruning old jobs failed"),
+        }
+        // The API's Idempotency-Keys: the same retention, never under 24 hours.
+        match crate::api::idempotency::prune(&pool, retention).await {
+            Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned old idempotency keys"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning old idempotency keys failed"),
         }
         tokio::select! {
             _ = cancel.cancelled() => return,

@@ -1,6 +1,7 @@
 //! Hotels (Clerk organizations): newer wins, a tombstone is final, a delete ends the hotel's
 //! memberships (and tombstones its invitations), and writing a hotel wakes the membership and
-//! invitation jobs waiting for it.
+//! invitation jobs waiting for it. A hotel's `role_set_key` is the organization payload's, written
+//! with the rest of the row.
 
 use sqlx::PgConnection;
 
@@ -20,6 +21,7 @@ pub async fn upsert(
     let slugs: Vec<Option<&str>> = items.iter().map(|i| i.value.slug.as_deref()).collect();
     let images: Vec<Option<&str>> = items.iter().map(|i| i.value.image_url.as_deref()).collect();
     let metadata: Vec<serde_json::Value> = items.iter().map(|i| i.value.public_metadata.clone()).collect();
+    let role_sets: Vec<Option<&str>> = items.iter().map(|i| i.value.role_set_key.as_deref()).collect();
     let created: Vec<_> = items.iter().map(|i| to_time(i.value.created_at)).collect();
     let updated: Vec<_> = items.iter().map(|i| to_time(i.value.updated_at)).collect();
     let versions: Vec<i64> = items.iter().map(|i| i.value.updated_at).collect();
@@ -28,9 +30,9 @@ pub async fn upsert(
         r#"
         with input as (
             select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
-                                 $6::timestamptz[], $7::timestamptz[], $8::int8[], $9::int8[])
+                                 $6::timestamptz[], $7::timestamptz[], $8::int8[], $9::int8[], $11::text[])
                 with ordinality as x(id, name, slug, image_url, public_metadata, created_at, updated_at,
-                                     clerk_version, last_job_id, n)
+                                     clerk_version, last_job_id, role_set_key, n)
         ),
         mark as (
             select coalesce(max(listed_at), 0) as listed_at from snapshot_marks
@@ -44,14 +46,15 @@ pub async fn upsert(
         ),
         written as (
             insert into hotels (id, name, slug, image_url, public_metadata, created_at, updated_at,
-                                clerk_version, last_job_id)
-            select id, name, slug, image_url, public_metadata, created_at, updated_at, clerk_version, last_job_id
+                                clerk_version, last_job_id, role_set_key)
+            select id, name, slug, image_url, public_metadata, created_at, updated_at, clerk_version, last_job_id,
+                   role_set_key
             from newest order by id
             on conflict (id) do update set
                 name = excluded.name, slug = excluded.slug, image_url = excluded.image_url,
                 public_metadata = excluded.public_metadata, created_at = excluded.created_at,
                 updated_at = excluded.updated_at, clerk_version = excluded.clerk_version,
-                last_job_id = excluded.last_job_id
+                last_job_id = excluded.last_job_id, role_set_key = excluded.role_set_key
             -- newer wins; tombstones are final
             where hotels.deleted_at is null and hotels.clerk_version < excluded.clerk_version
             returning id
@@ -83,6 +86,7 @@ pub async fn upsert(
         &versions,
         &jobs as &[Option<i64>],
         source.honours_snapshots(),
+        &role_sets as &[Option<&str>],
     )
     .fetch_all(&mut *conn)
     .await?;

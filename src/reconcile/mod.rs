@@ -1,8 +1,8 @@
 //! The rule book: the one place that decides what Clerk objects and events do to the rows. The
 //! consumer (a claimed batch of events), the resync (listed pages) and the self-heal (one hotel)
 //! all write through these functions, and no other module inserts, updates or tombstones
-//! `hotels`, `users`, `memberships`, `roles`, `permissions`, `role_permissions` or
-//! `invitations`. The guarantees, one file per kind:
+//! `hotels`, `users`, `memberships`, `roles`, `permissions`, `role_permissions`,
+//! `invitations`, `role_sets` or `role_set_roles`. The guarantees, one file per kind:
 //!
 //! - **Newer wins** ([`hotels`], [`users`], [`memberships`]). Every row keeps `clerk_version`
 //!   (the object's `updated_at`, or the event time for a delete); a write with an older or equal
@@ -18,6 +18,9 @@
 //!   permission set is replaced as a whole when a newer version of the role wins; a permission
 //!   embedded in a role payload is written like its own event; a deleted permission drops out of
 //!   every set; a role whose key another live role holds waits ([`Outcome::RoleKeyTaken`]).
+//! - **Role sets** ([`role_sets`]): newer wins, tombstones final, a role set's roles replaced as
+//!   a whole by a newer version; a role set whose key another live one holds is not written. No
+//!   webhook carries them: listings and the write path do.
 //! - **Invitations** ([`invitations`]) wait for their hotel like memberships, are obsolete once
 //!   it is deleted (and tombstoned with it), and a settled status is never set back to `pending`.
 //! - **A snapshot outranks what is older** ([`snapshot`]). After a resync (or a self-heal of one
@@ -34,13 +37,14 @@
 //! `KEY SHARE`), so a concurrent delete cannot slip its cascade past a membership being written.
 //! [`apply_events`] takes a batch's user locks in one ordered pass before it writes anything.
 //! Across kinds, locks are taken in one global order: users (for deletes), hotels, users,
-//! role keys (advisory), permissions, roles, role permission sets; every writer of those tables
-//! must follow it.
+//! role keys (advisory), permissions, roles, role permission sets, role set keys (advisory),
+//! role sets, their roles; every writer of those tables must follow it.
 
 pub mod hotels;
 pub mod invitations;
 pub mod memberships;
 pub mod permissions;
+pub mod role_sets;
 pub mod roles;
 pub mod snapshot;
 pub mod users;
@@ -62,6 +66,8 @@ pub enum Source {
     Resync,
     /// The self-heal: a resync of one hotel.
     SelfHeal,
+    /// The write path (`crate::manage`) applying Clerk's answer to a write it just made.
+    Api,
 }
 
 impl Source {
@@ -70,17 +76,22 @@ impl Source {
             Self::Webhook => "webhook",
             Self::Resync => "resync",
             Self::SelfHeal => "self_heal",
+            Self::Api => "api",
         }
     }
 
-    /// Events are checked against the snapshot marks; listings are the snapshots.
+    /// Events are checked against the snapshot marks; listings are the snapshots. An API answer
+    /// is not checked either: it is Clerk's state at the moment it answered, later than the start
+    /// of any listing already recorded, so no mark can make it stale news (newer-wins still
+    /// applies to it, so a newer webhook already applied keeps its row).
     fn honours_snapshots(self) -> bool {
         self == Self::Webhook
     }
 
     /// The consumer holds per-entity advisory locks: it writes a user stub only when it can take
     /// that user's lock without waiting (another worker may be inserting the same user). The
-    /// resync and the self-heal wait for it instead (a deadlock is retried by their callers).
+    /// resync, the self-heal and the write path wait for it instead: they hold no entity locks,
+    /// so the wait ends when that worker commits (a deadlock is retried by their callers).
     fn stubs_need_free_lock(self) -> bool {
         self == Self::Webhook
     }

@@ -108,7 +108,7 @@ pub(crate) async fn confirm_deletes(
 }
 
 /// What Clerk answered for one id.
-enum Found<T> {
+pub(super) enum Found<T> {
     Present(T),
     Gone,
     /// An id Clerk could never have issued: kept.
@@ -123,7 +123,7 @@ impl<T> From<Option<T>> for Found<T> {
 
 /// Asks Clerk for each candidate of `what` by id, a round at a time (`parent`: the SQL giving
 /// the id's parent, passed to `fetch` with it).
-async fn confirm_kind<T, F>(
+pub(super) async fn confirm_kind<T, F>(
     stage: &mut Stage,
     what: &str,
     parent: &str,
@@ -300,7 +300,7 @@ async fn write_events(
 }
 
 /// An inferred delete of the rule book: (transaction, ids, listing start) → the ids tombstoned.
-type InferredDelete = for<'c> fn(
+pub(super) type InferredDelete = for<'c> fn(
     &'c mut PgConnection,
     &'c [&'c str],
     i64,
@@ -308,7 +308,7 @@ type InferredDelete = for<'c> fn(
 
 /// Writes confirmed deletes of `gone` in chunks with `delete` (an inferred delete of the rule
 /// book), dated `started_ms`.
-async fn write_deletes(
+pub(super) async fn write_deletes(
     pool: &PgPool,
     stage: &mut PgConnection,
     gone: &str,

@@ -18,6 +18,7 @@ pub enum ListingKind {
     Roles,
     Permissions,
     Invitations,
+    RoleSets,
 }
 
 impl ListingKind {
@@ -29,6 +30,7 @@ impl ListingKind {
             Self::Roles => "roles",
             Self::Permissions => "permissions",
             Self::Invitations => "invitations",
+            Self::RoleSets => "role_sets",
         }
     }
 }

@@ -1,10 +1,10 @@
 //! Full resync from the Clerk Backend API (`orgsync resync` and the scheduled run), and the
 //! self-heal of hotels that membership jobs wait for.
 //!
-//! A resync lists every organization, membership, user, role, permission and invitation
-//! ([`listing`]), streaming each page into temporary tables on a connection of its own
+//! A resync lists every organization, membership, user, role, permission, invitation and role
+//! set ([`listing`]), streaming each page into temporary tables on a connection of its own
 //! ([`staging`]); Postgres compares them with the rows ([`plan`], [`confirm`]; roles,
-//! permissions and invitations in [`access`]), and the difference is read back in keyset chunks
+//! permissions and invitations in [`access`], role sets in [`role_sets`]), and the difference is read back in keyset chunks
 //! and written through the rule book ([`crate::reconcile`], via [`apply`]): the very statements
 //! the consumer uses, so a webhook applied concurrently is never overwritten with older data.
 //! The process holds a few pages and one chunk at a time, however large the instance. A complete
@@ -16,7 +16,7 @@
 //! 1. Deletes are considered only when every listing completed. A failed listing still applies
 //!    the creates and updates of what was listed (they are safe under newer-wins) and records
 //!    the run as failed.
-//! 2. A row (of any of the six kinds) missing from a listing is deleted (tombstoned) only if
+//! 2. A row (of any of the seven kinds) missing from a listing is deleted (tombstoned) only if
 //!    Clerk, asked for it by id, does not have it: offset pagination skips items when others are deleted meanwhile, and a tombstone can
 //!    never be undone.
 //! 3. A row written after the listing began (`clerk_version` newer than its start, or changed in
@@ -35,6 +35,7 @@ mod listing;
 mod plan;
 pub mod progress;
 mod report;
+mod role_sets;
 mod schedule;
 mod self_heal;
 mod staging;
@@ -201,6 +202,12 @@ pub(crate) async fn run_locked(
         None => work.await,
     };
 
+    // What the run wrote is readable in the change feed when it returns, server or not.
+    if !options.dry_run {
+        if let Err(e) = crate::changes::sequence_now(pool).await {
+            tracing::warn!(run_id, error = %e, "sequencing the change feed after the resync failed");
+        }
+    }
     let finished_at = Utc::now();
     let (outcome, counts, error) = match &mut result {
         Ok(report) => {
@@ -311,6 +318,7 @@ async fn execute(
     let mut staged = Stage::open(pool).await?;
     confirm::create_tables(staged.conn()).await?;
     access::create_tables(staged.conn()).await?;
+    role_sets::create_tables(staged.conn()).await?;
     let (sink, mut pages) = Sink::new(STAGED_PAGES_IN_FLIGHT);
     let listings = async {
         let sink = sink;
@@ -331,6 +339,9 @@ async fn execute(
             list_by_offset(ListingKind::Invitations, concurrency, progress, &sink, |o| {
                 client.list_invitations(o, PAGE_LIMIT).boxed()
             }),
+            list_by_offset(ListingKind::RoleSets, concurrency, progress, &sink, |o| {
+                client.list_role_sets(o, PAGE_LIMIT).boxed()
+            }),
         )
     };
     let copying = async {
@@ -339,7 +350,8 @@ async fn execute(
         }
         Ok::<_, sqlx::Error>(())
     };
-    let ((orgs, memberships, users, roles, permissions, invitations), copied) = tokio::join!(listings, copying);
+    let ((orgs, memberships, users, roles, permissions, invitations, role_set_listing), copied) =
+        tokio::join!(listings, copying);
     copied?;
     report.listed = ListedCounts {
         organizations: orgs.listed,
@@ -348,6 +360,7 @@ async fn execute(
         roles: roles.listed,
         permissions: permissions.listed,
         invitations: invitations.listed,
+        role_sets: role_set_listing.listed,
     };
     let mut failure: Option<ClerkApiError> = orgs
         .error
@@ -355,12 +368,16 @@ async fn execute(
         .or(memberships.error)
         .or(roles.error)
         .or(permissions.error)
-        .or(invitations.error);
+        .or(invitations.error)
+        .or(role_set_listing.error);
     staged.settle().await?;
 
     // Deletes: only after complete listings, and only what Clerk confirms it no longer has.
     if failure.is_none() {
         stage("confirming deletes");
+        // Every change committed so far into the feed first: confirm_deletes reads the changes
+        // after `feed_cursor`, and one still waiting for the sequencer has no id yet.
+        crate::changes::sequence_now(pool).await?;
         let confirmed = confirm::confirm_deletes(
             &mut staged,
             client,
@@ -375,6 +392,9 @@ async fn execute(
     if failure.is_none() {
         failure = access::confirm_deletes(&mut staged, client, started_ms, concurrency, &mut report.skipped).await?;
     }
+    if failure.is_none() {
+        failure = role_sets::confirm_deletes(&mut staged, client, started_ms, concurrency, &mut report.skipped).await?;
+    }
     report.complete = failure.is_none();
     confirm::fetch_missing_users(&mut staged, client, concurrency).await?;
     report.skipped.invalid_items = staged.invalid();
@@ -385,9 +405,11 @@ async fn execute(
             sqlx::query(&format!("truncate {gone}")).execute(staged.conn()).await?;
         }
         access::forget_deletes(staged.conn()).await?;
+        role_sets::forget_deletes(staged.conn()).await?;
     }
     plan::plan(staged.conn(), &mut report).await?;
     access::plan(staged.conn()).await?;
+    role_sets::plan(staged.conn()).await?;
 
     let (to_delete, live) = plan::hotel_deletes(staged.conn()).await?;
     let refused = to_delete > 0 && to_delete as f64 > options.mass_delete_threshold * live as f64;
@@ -403,7 +425,8 @@ async fn execute(
         // Report what would change.
         async {
             plan::describe(staged.conn(), &mut report).await?;
-            access::describe(staged.conn(), &mut report).await
+            access::describe(staged.conn(), &mut report).await?;
+            role_sets::describe(staged.conn(), &mut report).await
         }
         .await
     } else {
@@ -413,7 +436,8 @@ async fn execute(
             }
             apply::apply(pool, staged.conn(), started_ms, options, &mut report).await?;
             let chunk = options.chunk_size.max(1) as i64;
-            access::apply(pool, staged.conn(), started_ms, chunk, &mut report).await
+            access::apply(pool, staged.conn(), started_ms, chunk, &mut report).await?;
+            role_sets::apply(pool, staged.conn(), started_ms, chunk, &mut report).await
         }
         .await
     };

@@ -33,6 +33,7 @@ impl Bars {
             ListingKind::Roles,
             ListingKind::Permissions,
             ListingKind::Invitations,
+            ListingKind::RoleSets,
         ]
         .into_iter()
         .map(|k| {

@@ -95,6 +95,7 @@ pub struct ListedCounts {
     pub roles: u64,
     pub permissions: u64,
     pub invitations: u64,
+    pub role_sets: u64,
 }
 
 /// What a run left alone, and why.
@@ -111,6 +112,9 @@ pub struct Skipped {
     pub deletes_not_confirmed: u64,
     /// Rows missing from a listing but written after the listing began: kept.
     pub deletes_newer_than_listing: u64,
+    /// Listed role sets whose key another live role set holds (a rename not yet settled): not
+    /// written; the next run, once the holder's news is in, writes them.
+    pub role_sets_key_taken: u64,
 }
 
 /// A run that would delete more than its share of hotels.
@@ -159,6 +163,11 @@ pub struct ResyncReport {
     pub permissions: Changes,
     /// Deleted: tombstoned (Clerk no longer has them); those of deleted hotels are not counted.
     pub invitations: Changes,
+    pub role_sets: Changes,
+    /// Live members of live hotels whose role their hotel's role set does not list (Clerk keeps
+    /// them, but would refuse that role now), counted from the rows after the run's writes (a dry
+    /// or refused run: as the rows stand).
+    pub members_outside_role_set: u64,
     /// Live memberships ended because their hotel or user was deleted (not in `memberships`).
     pub memberships_ended_by_deletes: u64,
     pub skipped: Skipped,
@@ -184,6 +193,8 @@ impl ResyncReport {
             roles: Changes::default(),
             permissions: Changes::default(),
             invitations: Changes::default(),
+            role_sets: Changes::default(),
+            members_outside_role_set: 0,
             memberships_ended_by_deletes: 0,
             skipped: Skipped::default(),
             mass_delete: None,
@@ -197,7 +208,7 @@ impl ResyncReport {
     }
 
     /// Each mirrored table's changes, named as the table.
-    pub fn tables(&self) -> [(&'static str, &Changes); 6] {
+    pub fn tables(&self) -> [(&'static str, &Changes); 7] {
         [
             ("hotels", &self.hotels),
             ("users", &self.users),
@@ -205,6 +216,7 @@ impl ResyncReport {
             ("roles", &self.roles),
             ("permissions", &self.permissions),
             ("invitations", &self.invitations),
+            ("role_sets", &self.role_sets),
         ]
     }
 
@@ -226,6 +238,7 @@ impl ResyncReport {
                 "roles": self.listed.roles,
                 "permissions": self.listed.permissions,
                 "invitations": self.listed.invitations,
+                "role_sets": self.listed.role_sets,
             },
             "hotels": self.hotels.to_json(with_ids),
             "users": self.users.to_json(with_ids),
@@ -233,6 +246,8 @@ impl ResyncReport {
             "roles": self.roles.to_json(with_ids),
             "permissions": self.permissions.to_json(with_ids),
             "invitations": self.invitations.to_json(with_ids),
+            "role_sets": self.role_sets.to_json(with_ids),
+            "members_outside_role_set": self.members_outside_role_set,
             "memberships_ended_by_deletes": self.memberships_ended_by_deletes,
             "skipped": {
                 "memberships_without_hotel": s.memberships_without_hotel,
@@ -240,6 +255,7 @@ impl ResyncReport {
                 "invalid_items": s.invalid_items,
                 "deletes_not_confirmed": s.deletes_not_confirmed,
                 "deletes_newer_than_listing": s.deletes_newer_than_listing,
+                "role_sets_key_taken": s.role_sets_key_taken,
             },
             "mass_delete": self.mass_delete.map(|m| json!({
                 "hotels_to_delete": m.hotels_to_delete, "live_hotels": m.live_hotels, "threshold": m.threshold,
@@ -313,8 +329,8 @@ pub fn render_text(report: &ResyncReport, verbose: bool) -> String {
     let l = &report.listed;
     let _ = writeln!(
         out,
-        "listed: {} organizations, {} memberships, {} users, {} roles, {} permissions, {} invitations",
-        l.organizations, l.memberships, l.users, l.roles, l.permissions, l.invitations
+        "listed: {} organizations, {} memberships, {} users, {} roles, {} permissions, {} invitations, {} role sets",
+        l.organizations, l.memberships, l.users, l.roles, l.permissions, l.invitations, l.role_sets
     );
     let _ = writeln!(out, "{:<12} {:>9} {:>9} {:>9}", "", "created", "updated", "deleted");
     for (name, c) in report.tables() {
@@ -324,6 +340,20 @@ pub fn render_text(report: &ResyncReport, verbose: bool) -> String {
             c.created.len(),
             c.updated.len(),
             c.deleted.len()
+        );
+    }
+    if report.members_outside_role_set > 0 {
+        let _ = writeln!(
+            out,
+            "{} members hold a role their hotel's role set does not list (Clerk would refuse it now; `orgsync access` explains)",
+            report.members_outside_role_set
+        );
+    }
+    if report.skipped.role_sets_key_taken > 0 {
+        let _ = writeln!(
+            out,
+            "{} listed role sets not written: another live role set holds their key (the next run settles it)",
+            report.skipped.role_sets_key_taken
         );
     }
     if report.memberships_ended_by_deletes > 0 {

@@ -12,7 +12,7 @@ use super::apply::retry_transient;
 use crate::clerk::api::{ClerkApiError, ClerkClient, PAGE_LIMIT};
 use crate::clerk::{HotelId, Membership};
 use crate::reconcile::{
-    self, hotels, memberships, snapshot, DeleteKind, Deletion, Item, MembershipWrite, Outcome, Source,
+    self, hotels, memberships, role_sets, snapshot, DeleteKind, Deletion, Item, MembershipWrite, Outcome, Source,
 };
 
 /// A resync of one hotel: fetches hotels that membership jobs wait for, so a lost
@@ -24,7 +24,9 @@ use crate::reconcile::{
 /// written through the rule book in one transaction that also records when they were listed
 /// (Clerk's clock): the woken jobs then apply only what is newer than that snapshot, so the
 /// removals of members whose webhooks were lost too are not undone. 404 → the hotel is
-/// tombstoned as of now (the jobs then finish as obsolete). A hotel is fetched at most once per `cooldown` (default 30 s) however many jobs
+/// tombstoned as of now (the jobs then finish as obsolete). The hotel's role set (its
+/// organization's `role_set_key`) is fetched too and written in the same transaction (Clerk
+/// sends no webhook for role sets); a failure to read it only costs the role set, and is logged. A hotel is fetched at most once per `cooldown` (default 30 s) however many jobs
 /// wait for it; a failed fetch is logged and retried after the cooldown.
 #[derive(Clone)]
 pub struct SelfHeal {
@@ -136,6 +138,18 @@ impl HealInner {
                         },
                     })
                     .collect();
+                let role_set = match org.role_set_key.as_deref() {
+                    Some(key) => self.client.get_role_set(key).await.unwrap_or_else(|e| {
+                        tracing::warn!(hotel = %hotel, error = %e, "fetching the hotel's role set failed; healing without it");
+                        None
+                    }),
+                    None => None,
+                };
+                let role_set_item: Vec<Item<&crate::clerk::RoleSet>> = role_set
+                    .iter()
+                    .filter(|s| org.role_set_key.as_deref() == Some(s.key.as_str()))
+                    .map(|s| Item { job: None, value: s })
+                    .collect();
                 let org_item = [Item { job: None, value: &org }];
                 let written = retry_transient(|| {
                     async {
@@ -148,6 +162,7 @@ impl HealInner {
                         if !items.is_empty() {
                             memberships::upsert(&mut tx, Source::SelfHeal, &items).await?;
                         }
+                        role_sets::upsert(&mut tx, &role_set_item).await?;
                         tx.commit().await?;
                         Ok(outcome.first() == Some(&Outcome::Written))
                     }

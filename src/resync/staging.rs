@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::clerk::api::{InvalidItem, Page};
-use crate::clerk::{Invitation, Membership, Organization, Permission, Role, User};
+use crate::clerk::{Invitation, Membership, Organization, Permission, Role, RoleSet, User};
 
 /// One staged table: a temporary table named `name`, with the `key` columns (a subset of
 /// `columns`), then `version` (null for an object that did not parse) and `body`.
@@ -62,7 +62,13 @@ pub(crate) const INVITATIONS: Table = Table {
     key: &["id"],
 };
 
-const TABLES: [Table; 6] = [HOTELS, USERS, MEMBERSHIPS, ROLES, PERMISSIONS, INVITATIONS];
+pub(crate) const ROLE_SETS: Table = Table {
+    name: "resync_stage_role_sets",
+    columns: "id, version, body",
+    key: &["id"],
+};
+
+const TABLES: [Table; 7] = [HOTELS, USERS, MEMBERSHIPS, ROLES, PERMISSIONS, INVITATIONS, ROLE_SETS];
 
 impl Table {
     fn ddl(&self) -> String {
@@ -172,6 +178,16 @@ impl Staged for Permission {
 
 impl Staged for Role {
     const TABLE: Table = ROLES;
+    fn row(&self, out: &mut CopyRows) {
+        id_row(self.id.as_str(), self.updated_at, self, out);
+    }
+    fn invalid_row(item: &InvalidItem, out: &mut CopyRows) -> bool {
+        id_only_invalid_row(item, out)
+    }
+}
+
+impl Staged for RoleSet {
+    const TABLE: Table = ROLE_SETS;
     fn row(&self, out: &mut CopyRows) {
         id_row(self.id.as_str(), self.updated_at, self, out);
     }
@@ -439,5 +455,20 @@ mod tests {
         let staged = body(&invitation);
         assert!(!staged.contains("url"), "the acceptance link is never staged");
         assert_eq!(decode::<Invitation>(&staged).unwrap(), invitation);
+
+        let mut org = org;
+        org.role_set_key = Some("role_set:front_desk".into());
+        assert_eq!(decode::<Organization>(&body(&org)).unwrap(), org);
+        let set: RoleSet = serde_json::from_value(serde_json::json!({
+            "object": "role_set", "id": "rs_1", "key": "role_set:front_desk", "name": "Front desk",
+            "description": "d", "type": "custom",
+            "roles": [{"object": "role_set_item", "id": "role_1", "key": "org:desk", "name": "Desk",
+                       "description": null, "created_at": 1, "updated_at": 1}],
+            "default_role": {"object": "role_set_item", "id": "role_1", "key": "org:desk", "name": "Desk",
+                             "description": null, "created_at": 1, "updated_at": 1},
+            "creator_role": null, "created_at": 1, "updated_at": 2
+        }))
+        .unwrap();
+        assert_eq!(decode::<RoleSet>(&body(&set)).unwrap(), set);
     }
 }

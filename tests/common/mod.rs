@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod access_events;
 pub mod cli;
+pub mod raw_clients;
 pub mod test_db;
 #[allow(unused_imports)]
 pub use test_db::{database_on_server, test_server, TestDb};
@@ -78,6 +79,9 @@ pub fn config(secrets: Option<&str>, worker: bool) -> ServeConfig {
         self_heal_after: 3,
         mass_delete_threshold: 0.10,
         console: None,
+        api_listen: Some("127.0.0.1:0".parse().unwrap()),
+        api: orgsync::api::ApiSettings::default(),
+        feed: orgsync::changes::SequencerSettings::default(),
     }
 }
 
@@ -86,6 +90,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// The separate admin listener, when the config has one.
     pub admin_addr: Option<SocketAddr>,
+    /// The `/v1` API's listener, when it serves (a Clerk key is configured).
+    pub api_addr: Option<SocketAddr>,
     pub pool: PgPool,
     pub client: reqwest::Client,
     pub signer: WebhookVerifier,
@@ -110,11 +116,13 @@ impl TestApp {
             .expect("app builds");
         let addr = SocketAddr::from(([127, 0, 0, 1], app.port()));
         let admin_addr = app.admin_port().map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+        let api_addr = app.api_port().map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
         let cancel = CancellationToken::new();
         let handle = tokio::spawn(app.run(cancel.clone()));
         Self {
             addr,
             admin_addr,
+            api_addr,
             pool,
             client: reqwest::Client::new(),
             signer: WebhookVerifier::parse(SECRET).unwrap(),

@@ -10,10 +10,9 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
 
-use super::{
-    admit, clerk_error, json_response, ordered, page_json, str_field, unprocessable, Collection, Entry, FakeClerk,
-    Shared, World,
-};
+use super::admission::{admit, clerk_error, json_response, ordered, page_json, unprocessable};
+use super::state::Kind;
+use super::{Collection, Entry, FakeClerk, Shared, World};
 
 pub(super) fn routes(app: Router<Shared>) -> Router<Shared> {
     app.route("/v1/organization_roles", get(list_roles))
@@ -22,33 +21,23 @@ pub(super) fn routes(app: Router<Shared>) -> Router<Shared> {
         .route("/v1/organization_permissions/{id}", get(get_permission))
         .route("/v1/organization_invitations", get(list_invitations))
         .route("/v1/organizations/{org}/invitations/{id}", get(get_invitation))
-}
-
-fn entry(v: &Value, secondary: Option<String>) -> Entry {
-    Entry {
-        id: str_field(v, "id"),
-        created_at: v["created_at"].as_i64().unwrap(),
-        secondary,
-        user_id: None,
-        json: v.to_string().into(),
-    }
+        .route("/v1/organizations/{org}/invitations", get(list_org_invitations))
 }
 
 impl FakeClerk {
     /// Adds or replaces a role (a [`role`] value).
     pub fn put_role(&self, r: &Value) {
-        self.world().roles.put(entry(r, None));
+        self.world().put_simple(Kind::Role, r);
     }
 
     /// Adds or replaces a permission (a [`permission`] value).
     pub fn put_permission(&self, p: &Value) {
-        self.world().permissions.put(entry(p, None));
+        self.world().put_simple(Kind::Permission, p);
     }
 
     /// Adds or replaces an invitation (an [`invitation`] value).
     pub fn put_invitation(&self, i: &Value) {
-        let org = i["organization_id"].as_str().map(str::to_owned);
-        self.world().invitations.put(entry(i, org));
+        self.world().put_invitation_value(i);
     }
 
     pub fn delete_role(&self, id: &str) {
@@ -61,6 +50,18 @@ impl FakeClerk {
 
     pub fn delete_invitation(&self, id: &str) {
         self.world().invitations.remove(id);
+    }
+
+    /// The stored role with this key.
+    pub fn role_by_key(&self, key: &str) -> Option<Value> {
+        let w = self.world();
+        let found = w.roles.ordered.values().map(Entry::value).find(|r| r["key"] == key);
+        found
+    }
+
+    /// The stored invitation with this id.
+    pub fn invitation_by_id(&self, id: &str) -> Option<Value> {
+        self.world().invitations.get(id).map(Entry::value)
     }
 }
 
@@ -213,4 +214,34 @@ async fn get_invitation(
 ) -> Response {
     let path = format!("/v1/organizations/{org}/invitations/{id}");
     by_id(&world, &path, &headers, q, &id, |w| &w.invitations, Some(&org)).await
+}
+
+/// `GET /v1/organizations/{id}/invitations`: `status` filters, newest first by default.
+async fn list_org_invitations(
+    State(world): State<Shared>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let path = format!("/v1/organizations/{org}/invitations");
+    let params = match admit(&world, &path, &headers, q).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let ((limit, offset), ascending) = match (params.paging(), params.ascending(true)) {
+        (Ok(p), Ok(a)) => (p, a),
+        (Err(m), _) | (_, Err(m)) => return unprocessable(m),
+    };
+    let status = params.one("status").map(str::to_owned);
+    let w = world.lock().unwrap();
+    if w.orgs.get(&org).is_none() {
+        return super::admission::org_not_found();
+    }
+    let filter = |e: &&Entry| {
+        e.secondary.as_deref() == Some(org.as_str())
+            && status.as_ref().is_none_or(|s| e.value()["status"] == s.as_str())
+    };
+    let total = ordered(&w.invitations, ascending).filter(filter).count();
+    let data = page_json(ordered(&w.invitations, ascending).filter(filter), offset, limit);
+    json_response(format!(r#"{{"data":{data},"total_count":{total}}}"#))
 }

@@ -20,6 +20,7 @@ pub fn org(id: &str, name: &str, created_at: i64, updated_at: i64) -> Value {
         "public_metadata": {"stars": 4},
         "private_metadata": {},
         "created_by": "user_2creator000000000000000001",
+        "role_set_key": null,
         "created_at": created_at,
         "updated_at": updated_at
     })

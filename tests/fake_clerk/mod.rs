@@ -1,7 +1,9 @@
-//! A fake Clerk Backend API for tests and benchmarks: an axum app serving objects shaped like
-//! Clerk's (the `data` of `fixtures/webhooks/*.json`, which are the API's Organization, User and
-//! OrganizationMembership objects), with the list endpoints orgsync uses:
+//! A fake Clerk Backend API for tests and benchmarks: an axum app holding objects shaped like
+//! Clerk's (the `data` of `fixtures/webhooks/*.json`, which are the API's objects), with the
+//! read endpoints orgsync lists and the write endpoints of `bapi-2026-05-12.yml`, which change
+//! its state and, like Clerk (through Svix), emit signed webhooks ([`webhooks`]).
 //!
+//! Reads ([`reads`], [`access`], [`role_sets`]):
 //! - `GET /v1/organizations` (`limit` 1..=500, `offset`, `order_by` `[+|-]created_at`,
 //!   repeated `organization_id`) → `{data, total_count}`
 //! - `GET /v1/organizations/{id_or_slug}` → the organization, or 404 `{errors: [...]}`
@@ -12,41 +14,78 @@
 //! - `GET /v1/organization_roles`, `/v1/organization_permissions`, `/v1/organization_invitations`
 //!   (`limit`, `offset`, `order_by`) → `{data, total_count}`; by id:
 //!   `/v1/organization_roles/{id}`, `/v1/organization_permissions/{id}`,
-//!   `/v1/organizations/{id}/invitations/{id}` → the object, or 404 (see [`access`])
+//!   `/v1/organizations/{id}/invitations/{id}`; `GET /v1/organizations/{id}/invitations`
+//!   (`status`, paging)
+//! - `GET /v1/role_sets` (paging, `order_by`) and `GET /v1/role_sets/{key_or_id}`
 //!
-//! Requests need `Authorization: Bearer <key>` (401 otherwise). Failures can be injected per
-//! path and offset (429 with `Retry-After`, 5xx, 401, ...), requests can be held at a gate until
-//! the test releases them, and every request is logged.
+//! Writes (each answers Clerk's object with a fresh `updated_at` from the fake's clock, and
+//! emits the events Clerk emits):
+//! - [`orgs`]: `POST /v1/organizations`, `PATCH|DELETE /v1/organizations/{id}`,
+//!   `PATCH|PUT /v1/organizations/{id}/metadata`
+//! - [`memberships`]: `POST /v1/organizations/{id}/memberships`,
+//!   `PATCH|DELETE /v1/organizations/{id}/memberships/{user_id}`
+//! - [`invitations`]: `POST /v1/organizations/{id}/invitations`, `POST .../invitations/bulk`,
+//!   `POST .../invitations/{invitation_id}/revoke`
+//! - [`rbac`]: `POST /v1/organization_permissions`, `PATCH|DELETE
+//!   /v1/organization_permissions/{id}`, `POST /v1/organization_roles`, `PATCH|DELETE
+//!   /v1/organization_roles/{id}`, `POST|DELETE /v1/organization_roles/{id}/permissions/{id}`
+//! - [`role_sets`]: `POST /v1/role_sets`, `PATCH /v1/role_sets/{key_or_id}`, `POST
+//!   .../roles`, `POST .../replace`, `POST .../roles/replace` (these move members; Clerk sends
+//!   no webhook for role sets themselves)
 //!
-//! It depends only on axum, tokio, serde_json and the orgsync crate, so a bench can include it
-//! with `#[path = "../tests/fake_clerk/mod.rs"] mod fake_clerk;`.
+//! Every answer carries a `Date` header from the fake's clock ([`FakeClerk::set_clock_offset`])
+//! and `x-fake-clerk-elapsed-us` (the fake's own time, latency included). Requests need
+//! `Authorization: Bearer <key>` (401 otherwise). Failures can be injected per method, path and
+//! offset (429 with `Retry-After`, 5xx, ...) before anything happens, or after a write happened
+//! ([`LostAnswer`]: the connection is dropped unanswered, the answer comes late, or a 5xx
+//! replaces it); a fixed latency can be added to every request; requests can be held at a gate
+//! until the test releases them; and every request is logged with its body.
+//!
+//! It depends only on axum, tokio, serde_json, reqwest and the orgsync crate (and the crates
+//! orgsync itself uses: hyper, chrono, rand), so a bench can include it with
+//! `#[path = "../../tests/fake_clerk/mod.rs"] mod fake_clerk;` and run it in a child process
+//! with [`serve_standalone`].
 #![allow(dead_code)]
+// A refused write's `Err` is the very answer (a `Response`), built once per request.
+#![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use orgsync::clerk::api::ClerkConfig;
 use orgsync::clerk::api::{ClerkClient, RetryPolicy};
-use serde_json::{json, Value};
-
-use params::Params;
-
-/// The secret key the fake accepts.
-pub const KEY: &str = "sk_test_fakeclerk0000000000000000";
+use serde_json::Value;
 
 mod access;
+mod admission;
 mod builders;
+mod invitations;
+mod memberships;
+mod orgs;
 mod params;
+mod rbac;
+mod reads;
+mod role_sets;
+mod server;
+mod state;
+mod webhooks;
+
 #[allow(unused_imports)]
 pub use access::{invitation, permission, role};
 pub use builders::{membership, org, user};
+#[allow(unused_imports)]
+pub use role_sets::{role_set, RoleSetSeed};
+#[allow(unused_imports)]
+pub use server::{serve_standalone, Standalone};
+#[allow(unused_imports)]
+pub use webhooks::{Delivery, WebhookEvent, WebhookSettings};
+
+use state::{Clock, RoleSetRecord};
+
+/// The secret key the fake accepts.
+pub const KEY: &str = "sk_test_fakeclerk0000000000000000";
 
 /// One stored object: its ordering key, lookup keys and its JSON text (serialized once, so a
 /// page of 500 costs a string join, not 500 serializations).
@@ -54,11 +93,17 @@ pub use builders::{membership, org, user};
 struct Entry {
     id: String,
     created_at: i64,
-    /// Organizations: the slug. Memberships: the organization id.
+    /// Organizations: the slug. Memberships and invitations: the organization id.
     secondary: Option<String>,
     /// Memberships: the user id.
     user_id: Option<String>,
     json: Arc<str>,
+}
+
+impl Entry {
+    fn value(&self) -> Value {
+        serde_json::from_str(&self.json).expect("stored objects are JSON")
+    }
 }
 
 /// Objects of one kind, kept ordered by (created_at, id) like Clerk's `created_at` ordering
@@ -94,11 +139,12 @@ impl Collection {
     }
 }
 
-/// An injected failure: requests to `path` (and, if set, at `offset`) answer `status`, `times`
-/// times (forever when `None`).
+/// An injected failure: requests to `path` (with `method`, and at `offset`, when set) answer
+/// `status` before anything happens, `times` times (forever when `None`).
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub path: String,
+    pub method: Option<String>,
     pub offset: Option<u32>,
     pub status: u16,
     pub retry_after: Option<String>,
@@ -109,11 +155,17 @@ impl Failure {
     pub fn new(path: &str, status: u16) -> Self {
         Self {
             path: path.to_owned(),
+            method: None,
             offset: None,
             status,
             retry_after: None,
             times: None,
         }
+    }
+    /// Only requests with this method (`"GET"`, `"POST"`, ...) fail.
+    pub fn method(mut self, method: &str) -> Self {
+        self.method = Some(method.to_ascii_uppercase());
+        self
     }
     pub fn at_offset(mut self, offset: u32) -> Self {
         self.offset = Some(offset);
@@ -129,11 +181,62 @@ impl Failure {
     }
 }
 
+/// What happens to the answer of a write that succeeded (Clerk performed it).
+#[derive(Debug, Clone)]
+pub enum LostMode {
+    /// The connection is closed without an answer (a reset after sending).
+    Drop,
+    /// The answer comes after this long (set it beyond the client's timeout).
+    Late(Duration),
+    /// This status (a Clerk error body) replaces the answer: a 5xx after the write.
+    Status(u16),
+    /// The answer waits until the gate is opened: the moment between Clerk's write and its
+    /// answer, held for a test (see [`FakeClerk::hold_answers`]).
+    Hold(GateHandle),
+}
+
+/// The answers of `times` successful requests `method path` are lost ([`LostMode`]); the write
+/// itself, its state change and its webhooks, happened.
+#[derive(Debug, Clone)]
+pub struct LostAnswer {
+    pub method: String,
+    pub path: String,
+    pub mode: LostMode,
+    pub times: Option<usize>,
+}
+
+impl LostAnswer {
+    /// Drops the connection after the write, once.
+    pub fn new(method: &str, path: &str) -> Self {
+        Self {
+            method: method.to_ascii_uppercase(),
+            path: path.to_owned(),
+            mode: LostMode::Drop,
+            times: Some(1),
+        }
+    }
+    pub fn mode(mut self, mode: LostMode) -> Self {
+        self.mode = mode;
+        self
+    }
+    pub fn times(mut self, n: usize) -> Self {
+        self.times = Some(n);
+        self
+    }
+    pub fn always(mut self) -> Self {
+        self.times = None;
+        self
+    }
+}
+
 /// A logged request.
 #[derive(Debug, Clone)]
 pub struct Logged {
+    pub method: String,
     pub path: String,
     pub query: Vec<(String, String)>,
+    /// The JSON body of a write (`None` for reads and bodies that are not JSON).
+    pub body: Option<Value>,
     pub status: u16,
 }
 
@@ -148,7 +251,6 @@ struct Gate {
     open: Arc<tokio::sync::Semaphore>,
 }
 
-#[derive(Default)]
 struct World {
     orgs: Collection,
     users: Collection,
@@ -157,13 +259,19 @@ struct World {
     permissions: Collection,
     /// Invitations: `secondary` is the organization id.
     invitations: Collection,
+    role_sets: Vec<RoleSetRecord>,
     /// Left out of the list endpoints but still found by id or filter: what an offset listing
     /// misses when other objects are deleted meanwhile.
     hidden_from_listings: HashSet<String>,
     failures: Vec<Failure>,
+    lost_answers: Vec<LostAnswer>,
     gates: Vec<Gate>,
     log: Vec<Logged>,
     key: String,
+    clock: Clock,
+    latency: Duration,
+    next_id: u64,
+    hooks: Arc<webhooks::Hub>,
 }
 
 /// A running fake Clerk API.
@@ -176,25 +284,35 @@ pub struct FakeClerk {
 impl FakeClerk {
     /// Starts the server on a free local port, accepting [`KEY`].
     pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts the server on `addr`, accepting [`KEY`].
+    pub async fn start_on(addr: SocketAddr) -> Self {
         let world = Arc::new(Mutex::new(World {
+            orgs: Collection::default(),
+            users: Collection::default(),
+            memberships: Collection::default(),
+            roles: Collection::default(),
+            permissions: Collection::default(),
+            invitations: Collection::default(),
+            role_sets: Vec::new(),
+            hidden_from_listings: HashSet::new(),
+            failures: Vec::new(),
+            lost_answers: Vec::new(),
+            gates: Vec::new(),
+            log: Vec::new(),
             key: KEY.to_owned(),
-            ..World::default()
+            clock: Clock::default(),
+            latency: Duration::ZERO,
+            next_id: 0,
+            hooks: webhooks::Hub::start(),
         }));
-        let app: Router<Shared> = Router::new()
-            .route("/v1/organizations", get(list_organizations))
-            .route("/v1/organizations/{id}", get(get_organization))
-            .route("/v1/organizations/{id}/memberships", get(list_organization_memberships))
-            .route("/v1/organization_memberships", get(list_memberships))
-            .route("/v1/users", get(list_users))
-            .route("/v1/users/count", get(count_users));
-        let app = access::routes(app).with_state(world.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("bind the fake Clerk API");
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("fake Clerk API serves");
-        });
+        tokio::spawn(server::serve(listener, server::router(world.clone())));
         Self { addr, world }
     }
 
@@ -228,53 +346,42 @@ impl FakeClerk {
         self.world().key = key.to_owned();
     }
 
+    /// Every request waits this long before it is handled (a Clerk region's round trip).
+    pub fn set_latency(&self, latency: Duration) {
+        self.world().latency = latency;
+    }
+
+    /// Moves the fake's clock (which stamps `updated_at`, webhook timestamps and `Date`)
+    /// `offset_ms` away from this machine's.
+    pub fn set_clock_offset(&self, offset_ms: i64) {
+        self.world().clock.offset_ms = offset_ms;
+    }
+
+    /// The fake's clock now, in Unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        self.world().clock.now()
+    }
+
     /// Adds or replaces an organization (an [`org`] value).
     pub fn put_org(&self, org: &Value) {
-        let entry = Entry {
-            id: str_field(org, "id"),
-            created_at: org["created_at"].as_i64().unwrap(),
-            secondary: org["slug"].as_str().map(str::to_owned),
-            user_id: None,
-            json: org.to_string().into(),
-        };
-        self.world().orgs.put(entry);
+        self.world().put_org_value(org);
     }
 
     /// Adds or replaces a user (a [`user`] value).
     pub fn put_user(&self, user: &Value) {
-        let entry = Entry {
-            id: str_field(user, "id"),
-            created_at: user["created_at"].as_i64().unwrap(),
-            secondary: None,
-            user_id: None,
-            json: user.to_string().into(),
-        };
-        self.world().users.put(entry);
+        self.world().put_user_value(user);
     }
 
     /// Adds or replaces a membership (a [`membership`] value).
     pub fn put_membership(&self, m: &Value) {
-        let entry = Entry {
-            id: str_field(m, "id"),
-            created_at: m["created_at"].as_i64().unwrap(),
-            secondary: m["organization"]["id"].as_str().map(str::to_owned),
-            user_id: m["public_user_data"]["user_id"].as_str().map(str::to_owned),
-            json: m.to_string().into(),
-        };
-        self.world().memberships.put(entry);
+        self.world().put_membership_value(m);
     }
 
-    /// Deletes an organization and its memberships, as Clerk does.
+    /// Deletes an organization and its memberships, as Clerk does (no webhook: a test's hand).
     pub fn delete_org(&self, id: &str) {
         let mut w = self.world();
         w.orgs.remove(id);
-        let gone: Vec<String> = w
-            .memberships
-            .ordered
-            .values()
-            .filter(|e| e.secondary.as_deref() == Some(id))
-            .map(|e| e.id.clone())
-            .collect();
+        let gone = w.memberships_where(|e| e.secondary.as_deref() == Some(id));
         for m in gone {
             w.memberships.remove(&m);
         }
@@ -284,13 +391,7 @@ impl FakeClerk {
     pub fn delete_user(&self, id: &str) {
         let mut w = self.world();
         w.users.remove(id);
-        let gone: Vec<String> = w
-            .memberships
-            .ordered
-            .values()
-            .filter(|e| e.user_id.as_deref() == Some(id))
-            .map(|e| e.id.clone())
-            .collect();
+        let gone = w.memberships_where(|e| e.user_id.as_deref() == Some(id));
         for m in gone {
             w.memberships.remove(&m);
         }
@@ -308,6 +409,25 @@ impl FakeClerk {
 
     pub fn fail(&self, failure: Failure) {
         self.world().failures.push(failure);
+    }
+
+    /// The answers of matching successful writes are lost after the write happened.
+    pub fn lose_answer(&self, lost: LostAnswer) {
+        self.world().lost_answers.push(lost);
+    }
+
+    /// Holds the answers of successful `method path` writes (performed, webhooks emitted) until
+    /// the returned gate is opened.
+    pub fn hold_answers(&self, method: &str, path: &str) -> GateHandle {
+        let gate = GateHandle {
+            open: Arc::new(tokio::sync::Semaphore::new(0)),
+        };
+        self.lose_answer(
+            LostAnswer::new(method, path)
+                .mode(LostMode::Hold(gate.clone()))
+                .always(),
+        );
+        gate
     }
 
     /// Holds every request to `path` until the returned gate is opened.
@@ -330,6 +450,12 @@ impl FakeClerk {
         self.world().log.iter().filter(|l| l.path == path).count()
     }
 
+    /// How many `method` requests went to exactly `path`.
+    pub fn requests_with(&self, method: &str, path: &str) -> usize {
+        let w = self.world();
+        w.log.iter().filter(|l| l.path == path && l.method == method).count()
+    }
+
     /// Waits until `n` requests went to `path` (panics after 10 s).
     pub async fn wait_for_requests(&self, path: &str, n: usize) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -345,6 +471,27 @@ impl FakeClerk {
     pub fn counts(&self) -> (usize, usize, usize) {
         let w = self.world();
         (w.orgs.len(), w.memberships.len(), w.users.len())
+    }
+
+    /// The stored organization with this id or slug, as the API would answer it.
+    pub fn org(&self, id_or_slug: &str) -> Option<Value> {
+        let w = self.world();
+        w.org_entry(id_or_slug).map(Entry::value)
+    }
+
+    /// The organization's memberships, oldest first.
+    pub fn memberships_of(&self, org_id: &str) -> Vec<Value> {
+        let w = self.world();
+        let ids = w.memberships_where(|e| e.secondary.as_deref() == Some(org_id));
+        ids.iter()
+            .filter_map(|id| w.memberships.get(id))
+            .map(Entry::value)
+            .collect()
+    }
+
+    /// Every stored organization, oldest first.
+    pub fn orgs(&self) -> Vec<Value> {
+        self.world().orgs.ordered.values().map(Entry::value).collect()
     }
 
     /// Fills the fake with `orgs` organizations, `users` users and `memberships` memberships
@@ -397,6 +544,7 @@ impl FakeClerk {
     }
 }
 
+#[derive(Debug, Clone)]
 pub struct GateHandle {
     open: Arc<tokio::sync::Semaphore>,
 }
@@ -424,267 +572,4 @@ fn str_field(v: &Value, field: &str) -> String {
         .to_owned()
 }
 
-// ---------------------------------------------------------------------------------------------
-// Handlers
-
 type Shared = Arc<Mutex<World>>;
-
-fn clerk_error(status: StatusCode, message: &str, long: &str, code: &str) -> Response {
-    let body = json!({"errors": [{"message": message, "long_message": long, "code": code}],
-                      "clerk_trace_id": "trace_fake"});
-    (status, [("content-type", "application/json")], body.to_string()).into_response()
-}
-
-fn unprocessable(long: &str) -> Response {
-    clerk_error(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "Invalid request parameters",
-        long,
-        "form_param_invalid",
-    )
-}
-
-fn json_response(body: String) -> Response {
-    (StatusCode::OK, [("content-type", "application/json")], body).into_response()
-}
-
-/// Authentication, logging, injected failures and gates, common to every endpoint. Ok gives
-/// the parsed parameters.
-async fn admit(world: &Shared, path: &str, headers: &HeaderMap, raw: Option<String>) -> Result<Params, Response> {
-    let pairs = params::parse_query(raw.as_deref());
-    let offset = pairs
-        .iter()
-        .find(|(k, _)| k == "offset")
-        .and_then(|(_, v)| v.parse::<u32>().ok())
-        .unwrap_or(0);
-    let (gate, outcome) = {
-        let mut w = world.lock().unwrap();
-        let expected = format!("Bearer {}", w.key);
-        let authorized = headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str());
-        let mut outcome: Option<Response> = None;
-        let mut status = 200;
-        if !authorized {
-            status = 401;
-            outcome = Some(clerk_error(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized request",
-                "The provided Clerk Secret Key is invalid. Make sure that your Clerk Secret Key is correct.",
-                "authentication_invalid",
-            ));
-        } else if let Some(i) = w
-            .failures
-            .iter()
-            .position(|f| f.path == path && f.offset.is_none_or(|o| o == offset) && f.times != Some(0))
-        {
-            let f = &mut w.failures[i];
-            if let Some(n) = f.times.as_mut() {
-                *n -= 1;
-            }
-            status = f.status;
-            let code = StatusCode::from_u16(f.status).unwrap();
-            let mut resp = clerk_error(
-                code,
-                "injected failure",
-                "The fake Clerk API was told to fail here",
-                "injected",
-            );
-            if let Some(ra) = &f.retry_after {
-                resp.headers_mut().insert("retry-after", ra.parse().unwrap());
-            }
-            outcome = Some(resp);
-        }
-        w.log.push(Logged {
-            path: path.to_owned(),
-            query: pairs.clone(),
-            status,
-        });
-        let gate = w.gates.iter().find(|g| g.path == path).map(|g| g.open.clone());
-        (gate, outcome)
-    };
-    if let Some(gate) = gate {
-        let _permit = gate.acquire().await.expect("gate semaphore is never closed");
-    }
-    match outcome {
-        Some(resp) => Err(resp),
-        None => Ok(Params::new(pairs)),
-    }
-}
-
-/// Pages `entries` (already filtered and ordered) into a JSON array string.
-fn page_json<'a>(entries: impl Iterator<Item = &'a Entry>, offset: usize, limit: usize) -> String {
-    let mut out = String::from("[");
-    for (i, e) in entries.skip(offset).take(limit).enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&e.json);
-    }
-    out.push(']');
-    out
-}
-
-fn ordered<'a>(c: &'a Collection, ascending: bool) -> Box<dyn Iterator<Item = &'a Entry> + 'a> {
-    if ascending {
-        Box::new(c.ordered.values())
-    } else {
-        Box::new(c.ordered.values().rev())
-    }
-}
-
-async fn list_organizations(State(world): State<Shared>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
-    let params = match admit(&world, "/v1/organizations", &headers, q).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let ((limit, offset), ascending) = match (params.paging(), params.ascending(true)) {
-        (Ok(p), Ok(a)) => (p, a),
-        (Err(m), _) | (_, Err(m)) => return unprocessable(m),
-    };
-    let ids: HashSet<String> = params.all("organization_id").into_iter().collect();
-    if ids.len() > 100 {
-        return unprocessable("organization_id accepts up to 100 ids");
-    }
-    let w = world.lock().unwrap();
-    let filter = |e: &&Entry| {
-        if ids.is_empty() {
-            !w.hidden_from_listings.contains(&e.id)
-        } else {
-            ids.contains(&e.id)
-        }
-    };
-    let total = ordered(&w.orgs, ascending).filter(filter).count();
-    let data = page_json(ordered(&w.orgs, ascending).filter(filter), offset, limit);
-    json_response(format!(r#"{{"data":{data},"total_count":{total}}}"#))
-}
-
-async fn get_organization(
-    State(world): State<Shared>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Response {
-    if let Err(r) = admit(&world, &format!("/v1/organizations/{id}"), &headers, q).await {
-        return r;
-    }
-    let w = world.lock().unwrap();
-    let found = w.orgs.get(&id).or_else(|| {
-        w.orgs
-            .ordered
-            .values()
-            .find(|e| e.secondary.as_deref() == Some(id.as_str()))
-    });
-    match found {
-        Some(e) => json_response(e.json.to_string()),
-        None => clerk_error(
-            StatusCode::NOT_FOUND,
-            "not found",
-            "Resource not found",
-            "resource_not_found",
-        ),
-    }
-}
-
-async fn list_memberships(State(world): State<Shared>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
-    let params = match admit(&world, "/v1/organization_memberships", &headers, q).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let ((limit, offset), ascending) = match (params.paging(), params.ascending(true)) {
-        (Ok(p), Ok(a)) => (p, a),
-        (Err(m), _) | (_, Err(m)) => return unprocessable(m),
-    };
-    let w = world.lock().unwrap();
-    let filter = |e: &&Entry| !w.hidden_from_listings.contains(&e.id);
-    let total = ordered(&w.memberships, ascending).filter(filter).count();
-    let data = page_json(ordered(&w.memberships, ascending).filter(filter), offset, limit);
-    json_response(format!(r#"{{"data":{data},"total_count":{total}}}"#))
-}
-
-async fn list_organization_memberships(
-    State(world): State<Shared>,
-    Path(org_id): Path<String>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Response {
-    let params = match admit(&world, &format!("/v1/organizations/{org_id}/memberships"), &headers, q).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let ((limit, offset), ascending) = match (params.paging(), params.ascending(true)) {
-        (Ok(p), Ok(a)) => (p, a),
-        (Err(m), _) | (_, Err(m)) => return unprocessable(m),
-    };
-    let users: HashSet<String> = params.all("user_id").into_iter().collect();
-    if users.len() > 100 {
-        return unprocessable("user_id accepts up to 100 ids");
-    }
-    let w = world.lock().unwrap();
-    if w.orgs.get(&org_id).is_none() {
-        return clerk_error(
-            StatusCode::NOT_FOUND,
-            "not found",
-            "Resource not found",
-            "resource_not_found",
-        );
-    }
-    let filter = |e: &&Entry| {
-        e.secondary.as_deref() == Some(org_id.as_str())
-            && (users.is_empty() || e.user_id.as_ref().is_some_and(|u| users.contains(u)))
-    };
-    let total = ordered(&w.memberships, ascending).filter(filter).count();
-    let data = page_json(ordered(&w.memberships, ascending).filter(filter), offset, limit);
-    json_response(format!(r#"{{"data":{data},"total_count":{total}}}"#))
-}
-
-async fn list_users(State(world): State<Shared>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
-    let params = match admit(&world, "/v1/users", &headers, q).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let ((limit, offset), ascending) = match (params.paging(), params.ascending(true)) {
-        (Ok(p), Ok(a)) => (p, a),
-        (Err(m), _) | (_, Err(m)) => return unprocessable(m),
-    };
-    let ids: HashSet<String> = params.all("user_id").into_iter().collect();
-    if ids.len() > 100 {
-        return unprocessable("user_id accepts up to 100 ids");
-    }
-    let w = world.lock().unwrap();
-    let filter = |e: &&Entry| {
-        if ids.is_empty() {
-            !w.hidden_from_listings.contains(&e.id)
-        } else {
-            ids.contains(&e.id)
-        }
-    };
-    let data = match params.one("starting_after") {
-        None => page_json(ordered(&w.users, ascending).filter(filter), offset, limit),
-        Some(_) if offset > 0 => return unprocessable("starting_after cannot be combined with a non-zero offset"),
-        Some(cursor) => {
-            let Some(at) = w.users.by_id.get(cursor).copied() else {
-                return unprocessable("starting_after must be the id of a user");
-            };
-            let key = (at, cursor.to_owned());
-            let rest: Box<dyn Iterator<Item = &Entry>> = if ascending {
-                Box::new(
-                    w.users
-                        .ordered
-                        .range((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded))
-                        .map(|(_, e)| e),
-                )
-            } else {
-                Box::new(w.users.ordered.range(..key).rev().map(|(_, e)| e))
-            };
-            page_json(rest.filter(filter), 0, limit)
-        }
-    };
-    json_response(data)
-}
-
-async fn count_users(State(world): State<Shared>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
-    if let Err(r) = admit(&world, "/v1/users/count", &headers, q).await {
-        return r;
-    }
-    let n = world.lock().unwrap().users.len();
-    json_response(json!({"object": "total_count", "total_count": n}).to_string())
-}

@@ -91,7 +91,7 @@ fn oldest_first(offset: u32, limit: u32) -> [(&'static str, String); 3] {
 }
 
 /// One object by id: None for Clerk's 404.
-fn found<T: serde::de::DeserializeOwned>(
+pub(super) fn found<T: serde::de::DeserializeOwned>(
     answer: Result<bytes::Bytes, ClerkApiError>,
     endpoint: &str,
 ) -> Result<Option<T>, ClerkApiError> {

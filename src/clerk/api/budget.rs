@@ -34,29 +34,39 @@ impl Budget {
 
     /// Waits until a request may start, and counts it.
     pub(super) async fn acquire(&self) {
-        loop {
-            let wait_until = {
-                let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                let now = Instant::now();
-                match s.paused_until {
-                    Some(until) if until > now => Some(until),
-                    _ => {
-                        while s.starts.front().is_some_and(|t| now.duration_since(*t) >= RATE_WINDOW) {
-                            s.starts.pop_front();
-                        }
-                        if s.starts.len() < self.limit {
-                            s.starts.push_back(now);
-                            None
-                        } else {
-                            s.starts.front().map(|t| *t + RATE_WINDOW)
-                        }
-                    }
-                }
-            };
-            match wait_until {
-                None => return,
-                Some(t) => tokio::time::sleep_until(t).await,
+        while let Some(t) = self.try_take() {
+            tokio::time::sleep_until(t).await;
+        }
+    }
+
+    /// As [`Budget::acquire`], but gives up rather than wait past `deadline`: Err(when a slot
+    /// would free up) when the window (or a 429 pause) keeps every slot busy beyond it. Nothing is
+    /// counted then. The API's writes use it; they share the budget with the resync.
+    pub(super) async fn acquire_before(&self, deadline: Instant) -> Result<(), Instant> {
+        while let Some(t) = self.try_take() {
+            if t > deadline {
+                return Err(t);
             }
+            tokio::time::sleep_until(t).await;
+        }
+        Ok(())
+    }
+
+    /// Counts a request starting now and returns None, or returns when to ask again.
+    fn try_take(&self) -> Option<Instant> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if let Some(until) = s.paused_until.filter(|u| *u > now) {
+            return Some(until);
+        }
+        while s.starts.front().is_some_and(|t| now.duration_since(*t) >= RATE_WINDOW) {
+            s.starts.pop_front();
+        }
+        if s.starts.len() < self.limit {
+            s.starts.push_back(now);
+            None
+        } else {
+            s.starts.front().map(|t| *t + RATE_WINDOW)
         }
     }
 

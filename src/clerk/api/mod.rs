@@ -1,5 +1,5 @@
 //! The Clerk Backend API client: the few list and get endpoints the resync and the self-heal
-//! need, with a request budget that keeps the process under Clerk's rate limit, retries with
+//! need (and, in `writes.rs`, the writes of the write path, bounded by a deadline), with a request budget that keeps the process under Clerk's rate limit, retries with
 //! backoff for what is worth retrying, and errors that say what to fix.
 //!
 //! Contract of every request method:
@@ -25,9 +25,14 @@ use serde::Deserialize;
 mod access;
 mod budget;
 mod response;
+mod role_sets;
+mod writes;
 
 use budget::Budget;
 use response::*;
+pub use writes::{
+    ClerkWriteError, Dated, MembershipAnswer, MetadataChanges, NewInvitation, NewOrganization, OrganizationChanges,
+};
 
 use super::events::{Membership, Organization, User};
 use super::ids::{HotelId, UserId};

@@ -96,6 +96,22 @@ pub(super) fn error_message(body: &[u8]) -> String {
     }
 }
 
+/// The `code` of the first of Clerk's errors in `body`, if it is one (e.g.
+/// `form_identifier_exists`, `resource_not_found`): what the API passes on as `clerk_code`.
+pub(super) fn error_code(body: &[u8]) -> Option<String> {
+    let errs = serde_json::from_slice::<ClerkErrors>(body).ok()?;
+    errs.errors
+        .into_iter()
+        .next()?
+        .code
+        .map(|c| c.chars().take(100).collect())
+}
+
+/// True when `body` is Clerk's own error shape (`{errors: [...]}`).
+pub(super) fn is_clerk_error(body: &[u8]) -> bool {
+    serde_json::from_slice::<ClerkErrors>(body).is_ok()
+}
+
 pub(super) fn client_error(status: u16, endpoint: &str, body: &[u8]) -> ClerkApiError {
     let message = error_message(body);
     match status {
