@@ -45,6 +45,9 @@ pub struct ServeConfig {
     pub self_heal_after: i32,
     /// Largest share of live hotels the scheduled resync may delete (it refuses beyond).
     pub mass_delete_threshold: f64,
+    /// The operator console under `/console` on the admin listener (`ORGSYNC_CONSOLE=on`);
+    /// needs `admin_listen`.
+    pub console: Option<crate::console::ConsoleConfig>,
     /// Where the `/v1` API listens (`crate::api`); served only when `clerk` is configured too
     /// (every write goes to Clerk first). `None` serves no API.
     pub api_listen: Option<SocketAddr>,
@@ -80,6 +83,12 @@ impl Application {
 
     /// As [`Application::build`], on an existing pool whose database is already migrated.
     pub async fn build_with_pool(config: ServeConfig, pool: PgPool) -> anyhow::Result<Self> {
+        if config.console.is_some() && config.admin_listen.is_none() {
+            anyhow::bail!(
+                "ORGSYNC_CONSOLE=on needs ORGSYNC_ADMIN_LISTEN: the console is served on the admin listener only, \
+                 never beside the webhook endpoint (which usually faces the internet)"
+            );
+        }
         let verifier = if config.receiver {
             let secrets = match &config.webhook_secrets {
                 Some(s) if !s.trim().is_empty() => s.clone(),
@@ -171,10 +180,24 @@ impl Application {
     /// readable.
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         let metrics = crate::metrics::install();
-        let admin = admin_router(AdminState {
+        let mut admin = admin_router(AdminState {
             pool: self.pool.clone(),
             metrics: Some(metrics),
         });
+        if let Some(console) = &self.config.console {
+            let clerk = match &self.config.clerk {
+                Some(args) => Some(crate::clerk::api::ClerkClient::from_config(args)?),
+                None => None,
+            };
+            let state = crate::console::ConsoleState::new(
+                self.pool.clone(),
+                console.clone(),
+                clerk,
+                self.config.mass_delete_threshold,
+                cancel.clone(),
+            );
+            admin = admin.merge(crate::console::router(state));
+        }
 
         let mut batchers = Vec::new();
         let mut main = axum::Router::new();

@@ -7,6 +7,7 @@ pub mod app;
 pub mod changes;
 pub mod clerk;
 pub mod cli;
+pub mod console;
 pub mod db;
 pub mod http;
 pub mod manage;

@@ -2,6 +2,7 @@
 //! imports this module: the flags fill the plain config structs of the modules that use them.
 
 pub mod commands;
+pub mod console;
 pub mod manage;
 pub mod rbac;
 pub mod tokens;
@@ -157,6 +158,9 @@ pub struct JobFilterArgs {
     /// Only jobs received before this time (RFC 3339, or a duration ago such as 30m).
     #[arg(long, value_parser = parse_time)]
     pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only jobs about this hotel or user (an org_... or user_... id).
+    #[arg(long)]
+    pub entity_id: Option<String>,
     /// At most this many jobs (oldest first).
     #[arg(long)]
     pub limit: Option<i64>,
@@ -169,6 +173,7 @@ impl JobFilterArgs {
             event_type: self.event_type.clone(),
             since: self.since,
             until: self.until,
+            entity_id: self.entity_id.clone(),
             limit: self.limit,
         }
     }
@@ -354,6 +359,7 @@ pub struct ServeArgs {
     #[arg(long, env = "ORGSYNC_MASS_DELETE_THRESHOLD", default_value_t = 0.10)]
     pub mass_delete_threshold: f64,
     #[command(flatten)]
+    pub console: console::ConsoleArgs,
     pub api: manage::ApiArgs,
     /// How often the change feed's sequencer makes committed changes readable.
     #[arg(long, env = "ORGSYNC_FEED_TICK", default_value = "20ms", value_parser = parse_positive_duration)]
@@ -482,6 +488,7 @@ impl ServeArgs {
             resync_interval: self.resync_interval.0,
             self_heal_after: self.self_heal_after,
             mass_delete_threshold: self.mass_delete_threshold,
+            console: self.console.config(),
             api_listen: self.api.api_listen.0,
             api: self.api.settings(),
             feed: crate::changes::SequencerSettings { tick: self.feed_tick },

@@ -20,6 +20,9 @@ pub struct JobFilter {
     pub since: Option<DateTime<Utc>>,
     /// Only jobs received before this time.
     pub until: Option<DateTime<Utc>>,
+    /// Only jobs about this hotel or user (`jobs.entity_key`: the organization of an
+    /// organization or membership event, else the object's own id).
+    pub entity_id: Option<String>,
     /// At most this many jobs (oldest first).
     pub limit: Option<i64>,
 }
@@ -45,7 +48,7 @@ pub enum SelectionError {
     #[error("--since must be earlier than --until")]
     EmptyWindow,
     #[error(
-        "replay needs at least one selector (--job, --event-id, --state, --type, --since or --until); \
+        "replay needs at least one selector (--job, --event-id, --state, --type, --since, --until or --entity-id); \
          e.g. `orgsync replay --state dead --dry-run`"
     )]
     NoSelector,
@@ -87,7 +90,8 @@ impl Selection {
             || f.state.is_some()
             || f.event_type.is_some()
             || f.since.is_some()
-            || f.until.is_some();
+            || f.until.is_some()
+            || f.entity_id.is_some();
         if any {
             Ok(())
         } else {
@@ -150,6 +154,7 @@ pub async fn list_jobs(pool: &PgPool, selection: &Selection) -> Result<Vec<JobSu
           and ($4::timestamptz is null or received_at < $4)
           and ($5::bigint[] is null or id = any($5))
           and ($6::text is null or event_id = $6)
+          and ($8::text is null or entity_key = $8)
         order by received_at, id
         limit $7
         "#,
@@ -160,6 +165,7 @@ pub async fn list_jobs(pool: &PgPool, selection: &Selection) -> Result<Vec<JobSu
         ids,
         selection.event_id,
         f.limit,
+        f.entity_id,
     )
     .fetch_all(pool)
     .await

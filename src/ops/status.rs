@@ -149,14 +149,19 @@ impl Status {
     }
 }
 
-/// Reads the queue and the resync history and decides whether a person is needed:
-/// dead jobs exist, the oldest due job has waited longer than `max_pending_age` (workers down
-/// or far behind), a committed change has waited that long for the feed's sequencer (no
-/// `orgsync serve` running), or the last finished resync failed or was refused. Err when the
-/// database cannot be read.
+/// Reads the queue and the resync history and decides whether a person is needed (see
+/// [`assess`]). Err when the database cannot be read.
 pub async fn gather_status(pool: &PgPool, max_pending_age: Duration) -> Result<Status, sqlx::Error> {
     let queue = snapshot(pool).await?;
-    let runs = sqlx::query_as!(
+    let runs = recent_resync_runs(pool).await?;
+    Ok(assess(queue, runs, max_pending_age))
+}
+
+/// The most recent resync run that was not a dry run (it may still be running), then the most
+/// recent finished one: what [`assess`] needs. Both lookups are small (`resync_runs` holds a
+/// row per run).
+pub async fn recent_resync_runs(pool: &PgPool) -> Result<Vec<ResyncRun>, sqlx::Error> {
+    sqlx::query_as!(
         ResyncRun,
         r#"
         (select id as "id!", started_at as "started_at!", finished_at, outcome as "outcome!",
@@ -168,7 +173,15 @@ pub async fn gather_status(pool: &PgPool, max_pending_age: Duration) -> Result<S
         "#
     )
     .fetch_all(pool)
-    .await?;
+    .await
+}
+
+/// The verdict of `orgsync status` (and of the console's overview, which reads `queue` more
+/// cheaply): a person is needed when dead jobs exist, the oldest due job has waited longer than
+/// `max_pending_age` (workers down or far behind), a committed change has waited that long for
+/// the feed's sequencer (no `orgsync serve` running), or the last finished resync failed or was
+/// refused. `runs` is what [`recent_resync_runs`] returns.
+pub fn assess(queue: QueueSnapshot, runs: Vec<ResyncRun>, max_pending_age: Duration) -> Status {
     let last_resync = runs.first().cloned();
     // Health goes by the last *finished* run: one in progress says nothing yet, and must not
     // hide that the one before it failed.
@@ -218,13 +231,13 @@ pub async fn gather_status(pool: &PgPool, max_pending_age: Duration) -> Result<S
         };
         problems.push(format!("the last resync (#{}) {}: {why}", run.id, run.outcome));
     }
-    Ok(Status {
+    Status {
         healthy: problems.is_empty(),
         problems,
         queue,
         last_resync,
         max_pending_age_seconds: max_pending_age.as_secs_f64(),
-    })
+    }
 }
 
 /// Renders the status for a person.
@@ -336,6 +349,6 @@ fn ago(t: DateTime<Utc>) -> String {
 }
 
 /// Whole seconds as `1h 2m 3s` (sub-second amounts as `0s`).
-fn human_secs(secs: f64) -> String {
+pub fn human_secs(secs: f64) -> String {
     humantime::format_duration(Duration::from_secs(secs.max(0.0) as u64)).to_string()
 }

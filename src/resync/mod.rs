@@ -122,6 +122,21 @@ pub async fn resync(pool: &PgPool, client: &ClerkClient, options: &ResyncOptions
     result
 }
 
+/// As [`resync`], but abandoned when `cancel` fires (its open chunk rolls back; the run is
+/// recorded as failed), as the scheduled run is: for runs started by a long-lived process (the
+/// console) that must not outlive its shutdown.
+pub async fn resync_until(
+    pool: &PgPool,
+    client: &ClerkClient,
+    options: &ResyncOptions,
+    cancel: &CancellationToken,
+) -> Result<ResyncReport, ResyncError> {
+    let lock = ResyncLock::try_acquire(pool).await?.ok_or(ResyncError::Busy)?;
+    let result = run_locked(pool, client, options, Some(cancel)).await;
+    lock.release().await;
+    result
+}
+
 /// The session-level advisory lock, on a connection of its own (detached from the pool so the
 /// lock can never be handed to another task with a pooled connection). Closing the connection,
 /// even by a crash, releases it.

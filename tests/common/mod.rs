@@ -78,6 +78,7 @@ pub fn config(secrets: Option<&str>, worker: bool) -> ServeConfig {
         resync_interval: None,
         self_heal_after: 3,
         mass_delete_threshold: 0.10,
+        console: None,
         api_listen: Some("127.0.0.1:0".parse().unwrap()),
         api: orgsync::api::ApiSettings::default(),
         feed: orgsync::changes::SequencerSettings::default(),
