@@ -148,7 +148,7 @@ async fn resync_mirrors_role_sets_and_tombstones_only_what_clerk_confirms_gone()
         "a tombstone is final: {:?}",
         report.to_json(true)
     );
-    assert_eq!(role_set_row(&pool, NIGHT).await.unwrap().1, true);
+    assert!(role_set_row(&pool, NIGHT).await.unwrap().1);
 
     // The feed: created twice, then the tombstone; all from the resync.
     orgsync::changes::sequence_now(&pool).await.unwrap();
@@ -236,7 +236,7 @@ async fn a_failed_listing_or_confirmation_deletes_no_role_set() {
     let err = resync(&pool, &fake.client(), &opts()).await.unwrap_err();
     assert!(matches!(err, ResyncError::Incomplete { .. }), "{err}");
     assert!(err.report().unwrap().role_sets.deleted.is_empty());
-    assert_eq!(role_set_row(&pool, NIGHT).await.unwrap().1, false);
+    assert!(!role_set_row(&pool, NIGHT).await.unwrap().1);
 
     // The listing completes, but the confirmation by id fails: nothing deleted either.
     let fake = fake_with_role_sets("org:desk").await;
@@ -244,7 +244,7 @@ async fn a_failed_listing_or_confirmation_deletes_no_role_set() {
     fake.fail(Failure::new(&format!("/v1/role_sets/{NIGHT}"), 500));
     let err = resync(&pool, &fake.client(), &opts()).await.unwrap_err();
     assert!(matches!(err, ResyncError::Incomplete { .. }), "{err}");
-    assert_eq!(role_set_row(&pool, NIGHT).await.unwrap().1, false);
+    assert!(!role_set_row(&pool, NIGHT).await.unwrap().1);
 
     // A role set written after the listing began (its version is newer) is not even asked for.
     let fresh: RoleSet = serde_json::from_value(serde_json::json!({
@@ -271,10 +271,7 @@ async fn a_failed_listing_or_confirmation_deletes_no_role_set() {
     assert_eq!(report.role_sets.deleted.ids(), [NIGHT]);
     assert_eq!(report.skipped.deletes_newer_than_listing, 1);
     assert_eq!(fake.requests("/v1/role_sets/rs_fresh00000000000000000001"), 0);
-    assert_eq!(
-        role_set_row(&pool, "rs_fresh00000000000000000001").await.unwrap().1,
-        false
-    );
+    assert!(!role_set_row(&pool, "rs_fresh00000000000000000001").await.unwrap().1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -76,16 +76,20 @@ impl FeedFollower {
     /// Changes committed so far, readable or not yet numbered (the bench looking at the tables
     /// themselves, not a reader).
     pub async fn committed(&self, pool: &PgPool) -> u64 {
-        let n: i64 = sqlx::query_scalar("select (select count(*) from changes) + (select count(*) from pending_changes)")
-            .fetch_one(pool)
-            .await
-            .unwrap();
+        let n: i64 =
+            sqlx::query_scalar("select (select count(*) from changes) + (select count(*) from pending_changes)")
+                .fetch_one(pool)
+                .await
+                .unwrap();
         n as u64
     }
 
     /// True when the reader has read every change committed so far.
     pub async fn has_read_all(&self, pool: &PgPool) -> bool {
-        assert!(!self.task.is_finished(), "the feed reader stopped (see its panic above)");
+        assert!(
+            !self.task.is_finished(),
+            "the feed reader stopped (see its panic above)"
+        );
         // Committed first: a change committing between the two reads cannot make this true early.
         let committed = self.committed(pool).await;
         self.read() >= committed

@@ -71,7 +71,12 @@ pub async fn run(admin: &PgPool, base: &str, scale: f64, baseline: f64, e2e_seco
         .fetch_one(&pool)
         .await
         .unwrap();
-        assert_eq!(failed, 0, "a job of the peer failed permanently (see {})", dir.join("peer.log").display());
+        assert_eq!(
+            failed,
+            0,
+            "a job of the peer failed permanently (see {})",
+            dir.join("peer.log").display()
+        );
         if runnable == 0 && Expected::read(&pool).await.unwrap() == history.expected {
             break at;
         }
@@ -206,7 +211,10 @@ impl Peer {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("the peer did not become ready within 30 s (see {})", dir.join("peer.log").display());
+        panic!(
+            "the peer did not become ready within 30 s (see {})",
+            dir.join("peer.log").display()
+        );
     }
 
     /// The worker's counts (`/stats`).

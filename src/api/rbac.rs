@@ -65,9 +65,8 @@ fn role_id(raw: &str) -> Result<RoleId, ApiError> {
 
 /// A role set key or id from the path: what could name one (letters, digits, `_`, `:`).
 fn role_set_ref(raw: &str) -> Result<String, ApiError> {
-    let plain = !raw.is_empty()
-        && raw.len() <= 256
-        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':');
+    let plain =
+        !raw.is_empty() && raw.len() <= 256 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':');
     if plain {
         Ok(raw.to_owned())
     } else {
@@ -136,11 +135,17 @@ async fn delete_role(State(state): State<ApiState>, Path(id): Path<String>) -> R
     Ok(answer(StatusCode::OK, &view))
 }
 
-async fn grant(State(state): State<ApiState>, Path((role, perm)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn grant(
+    State(state): State<ApiState>,
+    Path((role, perm)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     set_permission(state, &role, &perm, true).await
 }
 
-async fn revoke(State(state): State<ApiState>, Path((role, perm)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn revoke(
+    State(state): State<ApiState>,
+    Path((role, perm)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     set_permission(state, &role, &perm, false).await
 }
 

@@ -360,6 +360,7 @@ pub struct ServeArgs {
     pub mass_delete_threshold: f64,
     #[command(flatten)]
     pub console: console::ConsoleArgs,
+    #[command(flatten)]
     pub api: manage::ApiArgs,
     /// How often the change feed's sequencer makes committed changes readable.
     #[arg(long, env = "ORGSYNC_FEED_TICK", default_value = "20ms", value_parser = parse_positive_duration)]

@@ -261,7 +261,12 @@ async fn roles(command: RolesCommand) -> anyhow::Result<i32> {
                 description,
                 permissions: ps.map(|ps| permissions(&ps)).transpose()?,
             };
-            with_manager(&target, |m| async move { m.update_role(&id, &changes).await }, print_role).await
+            with_manager(
+                &target,
+                |m| async move { m.update_role(&id, &changes).await },
+                print_role,
+            )
+            .await
         }
         RolesCommand::Delete { role_id, yes, target } => {
             let id = role(&role_id)?;
@@ -302,7 +307,12 @@ async fn permissions_command(command: PermissionsCommand) -> anyhow::Result<i32>
             target,
         } => {
             let input = NewPermissionInput { name, key, description };
-            with_manager(&target, |m| async move { m.create_permission(&input).await }, print_permission).await
+            with_manager(
+                &target,
+                |m| async move { m.create_permission(&input).await },
+                print_permission,
+            )
+            .await
         }
         PermissionsCommand::Update {
             permission_id,
@@ -329,7 +339,12 @@ async fn permissions_command(command: PermissionsCommand) -> anyhow::Result<i32>
             if !confirmed("permission", id.as_str(), yes)? {
                 return Ok(1);
             }
-            with_manager(&target, |m| async move { m.delete_permission(&id).await }, print_permission).await
+            with_manager(
+                &target,
+                |m| async move { m.delete_permission(&id).await },
+                print_permission,
+            )
+            .await
         }
     }
 }
@@ -368,7 +383,12 @@ async fn role_sets(command: RoleSetsCommand) -> anyhow::Result<i32> {
                 kind,
                 roles,
             };
-            with_manager(&target, |m| async move { m.create_role_set(&input).await }, print_role_set).await
+            with_manager(
+                &target,
+                |m| async move { m.create_role_set(&input).await },
+                print_role_set,
+            )
+            .await
         }
         RoleSetsCommand::AddRoles {
             key,
@@ -475,7 +495,11 @@ fn print_role(out: &mut dyn Write, r: &RoleView) -> std::io::Result<()> {
     if let Some(at) = r.deleted_at {
         return writeln!(out, "role {} ({}) deleted at {}", r.id, r.key, at.to_rfc3339());
     }
-    writeln!(out, "role {} {} ({}), held by {} members", r.id, r.key, r.name, r.members)?;
+    writeln!(
+        out,
+        "role {} {} ({}), held by {} members",
+        r.id, r.key, r.name, r.members
+    )?;
     for p in &r.permissions {
         writeln!(out, "  {p}")?;
     }

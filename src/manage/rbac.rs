@@ -26,8 +26,7 @@ use super::rbac_input::*;
 use super::rbac_view::{self, PermissionView, ReplacedView, RoleSetView, RoleView};
 use super::{now_ms, readback, ManageError, Manager, Readback};
 use crate::clerk::api::{
-    ClerkWriteError, NewPermission, NewRole, NewRoleSet, PermissionChanges, RoleChanges, RoleSetChanges,
-    RoleSetRoles,
+    ClerkWriteError, NewPermission, NewRole, NewRoleSet, PermissionChanges, RoleChanges, RoleSetChanges, RoleSetRoles,
 };
 use crate::clerk::{ClerkEvent, HotelId, PermissionId, Role, RoleId, RoleSet, RoleSetId};
 use crate::reconcile::{self, role_sets, roles, Deletion, Item, Source};
@@ -211,7 +210,9 @@ impl Manager {
         let deadline = self.deadline();
         let answer = match self.clerk.set_role_permission(role, permission, grant, deadline).await {
             Ok(r) => r,
-            Err(e @ ClerkWriteError::Rejected { status, .. }) if (grant && status == 409) || (!grant && status == 422) => {
+            Err(e @ ClerkWriteError::Rejected { status, .. })
+                if (grant && status == 409) || (!grant && status == 422) =>
+            {
                 match self.clerk.role_before(role, deadline).await? {
                     Some(r) if r.value.permissions.iter().any(|p| &p.id == permission) == grant => r,
                     _ => return Err(e.into()),
@@ -220,10 +221,16 @@ impl Manager {
             Err(e) => return Err(e.into()),
         };
         let operation = if grant { "grant_permission" } else { "revoke_permission" };
-        self.commit_role(operation, answer.value, RoleSetWrites::default()).await
+        self.commit_role(operation, answer.value, RoleSetWrites::default())
+            .await
     }
 
-    async fn commit_role(&self, operation: &'static str, role: Role, sets: RoleSetWrites) -> Result<RoleView, ManageError> {
+    async fn commit_role(
+        &self,
+        operation: &'static str,
+        role: Role,
+        sets: RoleSetWrites,
+    ) -> Result<RoleView, ManageError> {
         let id = role.id.to_string();
         self.commit_role_events(operation, &id, &[ClerkEvent::RoleUpserted(role)], sets)
             .await
@@ -341,7 +348,11 @@ impl Manager {
     }
 
     /// Adds roles to a role set in Clerk and writes Clerk's answer.
-    pub async fn add_role_set_roles(&self, key_or_id: &str, addition: &RoleSetAddition) -> Result<RoleSetView, ManageError> {
+    pub async fn add_role_set_roles(
+        &self,
+        key_or_id: &str,
+        addition: &RoleSetAddition,
+    ) -> Result<RoleSetView, ManageError> {
         check_role_list("role_keys", &addition.role_keys)?;
         let wire = RoleSetRoles {
             role_keys: addition.role_keys.iter().map(|r| r.as_str().to_owned()).collect(),
@@ -369,7 +380,12 @@ impl Manager {
         let source = self.get_role_set(key_or_id).await.ok();
         let gone = self
             .clerk
-            .replace_role_set(key_or_id, replacement.dest_role_set_key.as_str(), &replacement.mappings(), deadline)
+            .replace_role_set(
+                key_or_id,
+                replacement.dest_role_set_key.as_str(),
+                &replacement.mappings(),
+                deadline,
+            )
             .await?;
         let at = gone.date_ms_or(now_ms());
         let mut sets = RoleSetWrites::default();
@@ -479,7 +495,9 @@ impl Manager {
             match self.clerk.role_set_before(key, deadline).await {
                 Ok(Some(s)) => out.push(s.value),
                 Ok(None) => {}
-                Err(e) => tracing::warn!(role_set = %key, error = %e, "re-reading a role set failed; the resync brings it"),
+                Err(e) => {
+                    tracing::warn!(role_set = %key, error = %e, "re-reading a role set failed; the resync brings it")
+                }
             }
         }
         out
@@ -530,7 +548,9 @@ impl Manager {
         let mut attempt = 0u32;
         let answer = loop {
             match self.commit_rbac_once(events, &sets, &read).await {
-                Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("40P01" | "40001")) && attempt < 5 => {
+                Err(sqlx::Error::Database(e))
+                    if matches!(e.code().as_deref(), Some("40P01" | "40001")) && attempt < 5 =>
+                {
                     attempt += 1;
                     tracing::debug!(operation, attempt, error = %e, "write path transaction aborted by Postgres; retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(10 * u64::from(attempt))).await;

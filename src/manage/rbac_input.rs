@@ -78,7 +78,9 @@ checked_string!(
 );
 
 fn segment_ok(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 fn check_permission_key(value: String) -> Result<String, String> {
@@ -288,7 +290,13 @@ mod tests {
     #[test]
     fn keys_are_clerk_shaped() {
         assert!(PermissionKey::from_str("org:reservations:manage").is_ok());
-        for bad in ["org:reservations", "org:sys_memberships:read", "org:Res:x", "x:a:b", "org:a:b:c"] {
+        for bad in [
+            "org:reservations",
+            "org:sys_memberships:read",
+            "org:Res:x",
+            "x:a:b",
+            "org:a:b:c",
+        ] {
             assert!(PermissionKey::from_str(bad).is_err(), "{bad}");
         }
         assert!(CustomRoleKey::from_str("org:front_desk").is_ok());

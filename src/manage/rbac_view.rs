@@ -131,11 +131,9 @@ pub async fn role_sets_with_role(conn: &mut PgConnection, role_id: &str) -> Resu
 
 /// The keys of the live role sets of type `initial`.
 pub async fn initial_role_sets(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"select key from role_sets where type = 'initial' and deleted_at is null order by 1"#
-    )
-    .fetch_all(conn)
-    .await
+    sqlx::query_scalar!(r#"select key from role_sets where type = 'initial' and deleted_at is null order by 1"#)
+        .fetch_all(conn)
+        .await
 }
 
 /// The live hotels using role set `key` (with `holding`, only those with a live member holding

@@ -24,16 +24,16 @@ use serde::Deserialize;
 
 mod access;
 mod budget;
-mod response;
 mod rbac_writes;
+mod response;
 mod role_sets;
 mod writes;
 
 use budget::Budget;
-use response::*;
 pub use rbac_writes::{
     NewPermission, NewRole, NewRoleSet, PermissionChanges, RoleChanges, RoleSetChanges, RoleSetRoles,
 };
+use response::*;
 pub use writes::{
     current_meter, measured, ClerkWriteError, Dated, MembershipAnswer, MetadataChanges, NewInvitation, NewOrganization,
     OrganizationChanges,

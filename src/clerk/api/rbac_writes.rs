@@ -120,7 +120,13 @@ impl ClerkClient {
         deadline: Instant,
     ) -> Result<Dated<Permission>, ClerkWriteError> {
         self.send_json(
-            write_call(Method::POST, "create_permission", "/v1/organization_permissions".into(), Some(permission), Repeat::Never),
+            write_call(
+                Method::POST,
+                "create_permission",
+                "/v1/organization_permissions".into(),
+                Some(permission),
+                Repeat::Never,
+            ),
             deadline,
         )
         .await
@@ -134,13 +140,20 @@ impl ClerkClient {
         deadline: Instant,
     ) -> Result<Dated<Permission>, ClerkWriteError> {
         let path = format!("/v1/organization_permissions/{}", id.as_str());
-        self.send_json(write_call(Method::PATCH, "update_permission", path, Some(changes), Repeat::Safe), deadline)
-            .await
+        self.send_json(
+            write_call(Method::PATCH, "update_permission", path, Some(changes), Repeat::Safe),
+            deadline,
+        )
+        .await
     }
 
     /// `DELETE /v1/organization_permissions/{id}`. `value` is false when a repeated request
     /// found it gone already (deleted either way).
-    pub async fn delete_permission(&self, id: &PermissionId, deadline: Instant) -> Result<Dated<bool>, ClerkWriteError> {
+    pub async fn delete_permission(
+        &self,
+        id: &PermissionId,
+        deadline: Instant,
+    ) -> Result<Dated<bool>, ClerkWriteError> {
         let path = format!("/v1/organization_permissions/{}", id.as_str());
         self.delete_call("delete_permission", path, deadline).await
     }
@@ -154,7 +167,10 @@ impl ClerkClient {
     ) -> Result<Option<Dated<Permission>>, ClerkWriteError> {
         let query = by_key(key);
         let found: Dated<List<Permission>> = self
-            .send_json(query_call("organization_permissions", "/v1/organization_permissions", &query), deadline)
+            .send_json(
+                query_call("organization_permissions", "/v1/organization_permissions", &query),
+                deadline,
+            )
             .await?;
         Ok(pick(found, |p| p.key == key))
     }
@@ -163,7 +179,13 @@ impl ClerkClient {
     /// [`Self::role_by_key`] first.
     pub async fn create_role(&self, role: &NewRole, deadline: Instant) -> Result<Dated<Role>, ClerkWriteError> {
         self.send_json(
-            write_call(Method::POST, "create_role", "/v1/organization_roles".into(), Some(role), Repeat::Never),
+            write_call(
+                Method::POST,
+                "create_role",
+                "/v1/organization_roles".into(),
+                Some(role),
+                Repeat::Never,
+            ),
             deadline,
         )
         .await
@@ -177,8 +199,11 @@ impl ClerkClient {
         deadline: Instant,
     ) -> Result<Dated<Role>, ClerkWriteError> {
         let path = format!("/v1/organization_roles/{}", id.as_str());
-        self.send_json(write_call(Method::PATCH, "update_role", path, Some(changes), Repeat::Safe), deadline)
-            .await
+        self.send_json(
+            write_call(Method::PATCH, "update_role", path, Some(changes), Repeat::Safe),
+            deadline,
+        )
+        .await
     }
 
     /// `DELETE /v1/organization_roles/{id}`. `value` is false when a repeated request found it
@@ -222,16 +247,29 @@ impl ClerkClient {
     pub async fn role_by_key(&self, key: &str, deadline: Instant) -> Result<Option<Dated<Role>>, ClerkWriteError> {
         let query = by_key(key);
         let found: Dated<List<Role>> = self
-            .send_json(query_call("organization_roles", "/v1/organization_roles", &query), deadline)
+            .send_json(
+                query_call("organization_roles", "/v1/organization_roles", &query),
+                deadline,
+            )
             .await?;
         Ok(pick(found, |r| r.key == key))
     }
 
     /// `POST /v1/role_sets`. Never re-sent after a lost answer: look its key up with
     /// [`Self::role_set_before`] first.
-    pub async fn create_role_set(&self, set: &NewRoleSet, deadline: Instant) -> Result<Dated<RoleSet>, ClerkWriteError> {
+    pub async fn create_role_set(
+        &self,
+        set: &NewRoleSet,
+        deadline: Instant,
+    ) -> Result<Dated<RoleSet>, ClerkWriteError> {
         self.send_json(
-            write_call(Method::POST, "create_role_set", "/v1/role_sets".into(), Some(set), Repeat::Never),
+            write_call(
+                Method::POST,
+                "create_role_set",
+                "/v1/role_sets".into(),
+                Some(set),
+                Repeat::Never,
+            ),
             deadline,
         )
         .await
@@ -245,8 +283,11 @@ impl ClerkClient {
         deadline: Instant,
     ) -> Result<Dated<RoleSet>, ClerkWriteError> {
         let path = format!("/v1/role_sets/{}", path_segment(key_or_id));
-        self.send_json(write_call(Method::PATCH, "update_role_set", path, Some(changes), Repeat::Safe), deadline)
-            .await
+        self.send_json(
+            write_call(Method::PATCH, "update_role_set", path, Some(changes), Repeat::Safe),
+            deadline,
+        )
+        .await
     }
 
     /// `POST /v1/role_sets/{key_or_id}/roles`.
@@ -257,8 +298,11 @@ impl ClerkClient {
         deadline: Instant,
     ) -> Result<Dated<RoleSet>, ClerkWriteError> {
         let path = format!("/v1/role_sets/{}/roles", path_segment(key_or_id));
-        self.send_json(write_call(Method::POST, "add_role_set_roles", path, Some(roles), Repeat::Safe), deadline)
-            .await
+        self.send_json(
+            write_call(Method::POST, "add_role_set_roles", path, Some(roles), Repeat::Safe),
+            deadline,
+        )
+        .await
     }
 
     /// `POST /v1/role_sets/{key_or_id}/replace`: the role set is deleted and its organizations
@@ -327,9 +371,17 @@ impl ClerkClient {
         found(self.send_json(read_call("role_set", path), deadline).await)
     }
 
-    async fn delete_call(&self, label: &'static str, path: String, deadline: Instant) -> Result<Dated<bool>, ClerkWriteError> {
+    async fn delete_call(
+        &self,
+        label: &'static str,
+        path: String,
+        deadline: Instant,
+    ) -> Result<Dated<bool>, ClerkWriteError> {
         let (answer, attempts) = self
-            .send(write_call::<()>(Method::DELETE, label, path, None, Repeat::Safe), deadline)
+            .send(
+                write_call::<()>(Method::DELETE, label, path, None, Repeat::Safe),
+                deadline,
+            )
             .await;
         match answer {
             Ok((_, date)) => Ok(Dated { value: true, date }),
