@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clerk::signature::WebhookVerifier;
 use crate::db::{self, PoolSettings};
 use crate::http::descriptors;
-use crate::http::server::{self, HttpLimits, ADMIN_MAX_CONNECTIONS};
+use crate::http::server::{self, HttpLimits, ADMIN_MAX_CONNECTIONS, API_MAX_CONNECTIONS};
 use crate::http::{admin_router, webhook_router, AdminState, WebhookState};
 use crate::queue::ingest::IngestSettings;
 use crate::queue::{Ingest, Runner, WorkerSettings};
@@ -29,7 +29,7 @@ pub struct ServeConfig {
     pub webhook_secrets: Option<String>,
     pub max_body: usize,
     /// Deadlines and connection cap of the listeners (the admin listener's cap is
-    /// [`ADMIN_MAX_CONNECTIONS`]).
+    /// [`ADMIN_MAX_CONNECTIONS`], the API's at most [`API_MAX_CONNECTIONS`]).
     pub http: HttpLimits,
     pub receiver: bool,
     pub worker: bool,
@@ -184,15 +184,17 @@ impl Application {
             pool: self.pool.clone(),
             metrics: Some(metrics),
         });
+        // One client, so one request budget, for the resync (scheduled or started from the
+        // console), the self-heal and the API.
+        let clerk = match &self.config.clerk {
+            Some(args) => Some(crate::clerk::api::ClerkClient::from_config(args)?),
+            None => None,
+        };
         if let Some(console) = &self.config.console {
-            let clerk = match &self.config.clerk {
-                Some(args) => Some(crate::clerk::api::ClerkClient::from_config(args)?),
-                None => None,
-            };
             let state = crate::console::ConsoleState::new(
                 self.pool.clone(),
                 console.clone(),
-                clerk,
+                clerk.clone(),
                 self.config.mass_delete_threshold,
                 cancel.clone(),
             );
@@ -224,18 +226,14 @@ impl Application {
             }
         };
         let listener = self.listener.take().expect("run is called once");
+        let serves_api = self.api_listener.is_some() && clerk.is_some();
         let main_limits = HttpLimits {
-            max_connections: self.main_cap_within_descriptors(admin_server.is_some()),
+            max_connections: self.main_cap_within_descriptors(admin_server.is_some(), serves_api),
             ..self.config.http
         };
         tracing::info!(addr = %listener.local_addr()?, receiver = self.config.receiver, worker = self.config.worker, max_connections = main_limits.max_connections, "orgsync serving");
         let main_server = tokio::spawn(server::serve(listener, main, main_limits, "main", cancel.clone()));
 
-        // One client, so one request budget, for the resync, the self-heal and the API.
-        let clerk = match &self.config.clerk {
-            Some(args) => Some(crate::clerk::api::ClerkClient::from_config(args)?),
-            None => None,
-        };
         let api_server = match (self.api_listener.take(), &clerk) {
             (Some(l), Some(client)) => {
                 let manager = crate::manage::Manager::new(
@@ -250,13 +248,11 @@ impl Application {
                     max_body: self.config.api.max_body,
                 });
                 tracing::info!(addr = %l.local_addr()?, "orgsync serving the /v1 API");
-                Some(tokio::spawn(server::serve(
-                    l,
-                    router,
-                    self.config.http,
-                    "api",
-                    cancel.clone(),
-                )))
+                let limits = HttpLimits {
+                    max_connections: self.config.http.max_connections.min(API_MAX_CONNECTIONS),
+                    ..self.config.http
+                };
+                Some(tokio::spawn(server::serve(l, router, limits, "api", cancel.clone())))
             }
             _ => None,
         };
@@ -323,11 +319,16 @@ impl Application {
     /// the configured one, lowered (with a warning) to what the limit leaves beside the admin
     /// listener's cap and the database pool, so that a full listener can always accept a
     /// newcomer and make room for it.
-    fn main_cap_within_descriptors(&self, separate_admin: bool) -> usize {
+    fn main_cap_within_descriptors(&self, separate_admin: bool, api: bool) -> usize {
         let limit = descriptors::raise_descriptor_limit();
         let reserved = u64::from(self.config.pool.max_connections)
             + if separate_admin {
                 ADMIN_MAX_CONNECTIONS as u64
+            } else {
+                0
+            }
+            + if api {
+                self.config.http.max_connections.min(API_MAX_CONNECTIONS) as u64
             } else {
                 0
             };

@@ -440,9 +440,9 @@ async fn a_table_joins_the_feed_in_one_statement() {
     let db = TestDb::new().await;
     let pool = db.pool.clone();
     sqlx::raw_sql(
-        "create table role_sets (id text primary key, key text not null, name text not null,
+        "create table room_types (id text primary key, key text not null, name text not null,
                                  deleted_at timestamptz, clerk_version bigint not null, last_job_id bigint);
-         select add_to_change_feed('role_sets', entity => 'role_set', key_column => 'key',
+         select add_to_change_feed('room_types', entity => 'room_type', key_column => 'key',
                                    mirrored => array['key', 'name']);",
     )
     .execute(&pool)
@@ -450,11 +450,11 @@ async fn a_table_joins_the_feed_in_one_statement() {
     .unwrap();
     sqlx::raw_sql(
         "select set_config('orgsync.source', 'webhook', false);
-         insert into role_sets values ('rs_1', 'default', 'Default', null, 1, 7), ('rs_2', 'other', 'Other', null, 1, 8);
-         update role_sets set clerk_version = 2 where id = 'rs_1';            -- nothing mirrored changed
-         update role_sets set name = 'Renamed', clerk_version = 3 where id = 'rs_1';
-         update role_sets set deleted_at = now(), clerk_version = 4 where id = 'rs_2';
-         update role_sets set name = 'Ghost', clerk_version = 5 where id = 'rs_2'; -- stays a tombstone",
+         insert into room_types values ('rs_1', 'default', 'Default', null, 1, 7), ('rs_2', 'other', 'Other', null, 1, 8);
+         update room_types set clerk_version = 2 where id = 'rs_1';            -- nothing mirrored changed
+         update room_types set name = 'Renamed', clerk_version = 3 where id = 'rs_1';
+         update room_types set deleted_at = now(), clerk_version = 4 where id = 'rs_2';
+         update room_types set name = 'Ghost', clerk_version = 5 where id = 'rs_2'; -- stays a tombstone",
     )
     .execute(&pool)
     .await
@@ -466,7 +466,7 @@ async fn a_table_joins_the_feed_in_one_statement() {
         .map(|c| (c.entity, c.entity_id, c.op, c.clerk_version, c.job_id))
         .collect();
     let row =
-        |id: &str, op: &str, v: i64, job: i64| ("role_set".to_owned(), id.to_owned(), op.to_owned(), v, Some(job));
+        |id: &str, op: &str, v: i64, job: i64| ("room_type".to_owned(), id.to_owned(), op.to_owned(), v, Some(job));
     let mut expected = vec![row("default", "created", 1, 7), row("other", "created", 1, 8)];
     expected.sort(); // one statement's rows come in any order
     let mut first_two = got[..2].to_vec();

@@ -248,6 +248,35 @@ async fn the_access_explorer_finds_people_and_hotels_and_answers_like_orgsync_ac
     }
     let body = s.page("/console/access?user=user_nobody&hotel=org_alpine").await;
     assert!(body.contains("No membership of this user in this hotel"));
+
+    // The hotel's role set does not list Maria's role: the explorer says so, as the CLI does.
+    sqlx::raw_sql(
+        "insert into role_sets (id, key, name, created_at, updated_at, clerk_version)
+           values ('rs_basic', 'role_set:basic', 'Basic staff', now(), now(), 1);
+         insert into role_set_roles (role_set_id, role_key, role_id) values ('rs_basic', 'org:member', 'role_member');
+         update hotels set role_set_key = 'role_set:basic' where id = 'org_alpine';",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let body = s.page("/console/access?user=user_maria&hotel=org_alpine").await;
+    let cli = orgsync::ops::check_access(pool, "user_maria", "org_alpine", None)
+        .await
+        .unwrap();
+    assert!(!cli.notes.is_empty(), "{cli:?}");
+    assert!(
+        body.contains("role_set:basic") && body.contains("does not list this role"),
+        "{body}"
+    );
+    assert!(
+        cli.notes[0].starts_with("role org:manager is not in the hotel"),
+        "{:?}",
+        cli.notes
+    );
+    assert!(
+        body.contains("note: role org:manager is not in the hotel"),
+        "the CLI's note in {body}"
+    );
     app.stop().await;
 }
 

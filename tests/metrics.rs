@@ -350,6 +350,12 @@ async fn metrics_parse_and_move_when_events_are_processed() {
     assert_eq!(after.value("orgsync_jobs_due", &[]), Some(0.0));
     assert_eq!(after.value("orgsync_oldest_pending_job_age_seconds", &[]), Some(0.0));
     assert_eq!(after.value("orgsync_database_up", &[]), Some(1.0));
+    // The feed's lag: with the server's sequencer ticking, nothing waits long.
+    assert!(after.value("orgsync_changes_pending", &[]).is_some());
+    let lag = after
+        .value("orgsync_changes_pending_oldest_age_seconds", &[])
+        .expect("the feed's lag is exported");
+    assert!(lag < 5.0, "{lag}");
     let last = after
         .value("orgsync_last_webhook_received_timestamp_seconds", &[])
         .unwrap();
@@ -366,6 +372,8 @@ async fn metrics_parse_and_move_when_events_are_processed() {
         ("orgsync_oldest_pending_job_age_seconds", "gauge"),
         ("orgsync_last_webhook_received_timestamp_seconds", "gauge"),
         ("orgsync_database_up", "gauge"),
+        ("orgsync_changes_pending", "gauge"),
+        ("orgsync_changes_pending_oldest_age_seconds", "gauge"),
         ("orgsync_http_connections_open", "gauge"),
         ("orgsync_http_connections_evicted_total", "counter"),
         ("orgsync_http_connections_shed_total", "counter"),

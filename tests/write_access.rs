@@ -283,3 +283,52 @@ async fn the_cli_creates_invites_manages_members_and_confirms_deletes() {
     assert_ne!(run.code, 0);
     assert_eq!(fake.log().len(), sent);
 }
+
+/// The API listener makes room like the webhook listener (issue 19): filled twice over with
+/// connections that never finish their request head, it still answers prompt requests, each
+/// on a fresh connection, within 1 s, by closing the connection that has waited longest.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_listener_answers_prompt_requests_through_a_flood_of_stalled_connections() {
+    use common::raw_clients::{connection_counter, open};
+    orgsync::http::descriptors::raise_descriptor_limit();
+    let db = TestDb::new().await;
+    let cap = 32;
+    let w = WriteApp::start_with(db.pool.clone(), FakeClerk::start().await, |c| {
+        c.http = orgsync::http::server::HttpLimits {
+            header_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+            max_connections: cap,
+        };
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let hotel = w.create_hotel("Hotel Alpine").await;
+    let path = format!("/v1/hotels/{}", hotel["id"].as_str().unwrap());
+
+    let mut stalled = Vec::new();
+    for _ in 0..2 * cap {
+        stalled.push(open(w.api, b"GET /v1/hotels HTTP/1.1\r\nhost: orgsync\r\nauthoriz").await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let prompt = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    for i in 0..20 {
+        let resp = prompt
+            .get(w.url(&path))
+            .bearer_auth(&w.token)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {i} was not answered within 1 s: {e:?}"));
+        assert_eq!(resp.status(), 200, "request {i}");
+    }
+    let evicted = connection_counter(&w.app, "orgsync_http_connections_evicted_total", "api").await;
+    assert!(
+        evicted >= 20.0,
+        "each prompt request took a stalled one's place ({evicted})"
+    );
+    drop(stalled);
+    w.app.stop().await;
+}

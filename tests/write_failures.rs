@@ -76,8 +76,14 @@ async fn a_retry_with_the_same_idempotency_key_after_a_lost_answer_makes_no_seco
     let body = json!({"name": "Hotel Alpine", "slug": "hotel-alpine", "created_by": "user_maria"});
     let key = [("idempotency-key", "onboarding-42")];
     let (status, first) = w.call_with("POST", "/v1/hotels", Some(body.clone()), &key).await;
-    assert_eq!(status, 503, "{first}");
-    assert_eq!(first["error"]["code"], "clerk_unavailable");
+    // Not "unavailable" (which would say nothing was done): the outcome is unknown, and the
+    // answer names the slug a retry without the key must reuse.
+    assert_eq!(status, 502, "{first}");
+    assert_eq!(first["error"]["code"], "clerk_outcome_unknown");
+    assert!(
+        first["error"]["message"].as_str().unwrap().contains("hotel-alpine"),
+        "{first}"
+    );
     assert_eq!(hotels_named(&w.fake, "Hotel Alpine"), 1, "Clerk did create it");
 
     // Clerk answers again: the same key finds the organization instead of making another.
@@ -134,7 +140,8 @@ async fn a_generated_slug_is_kept_with_the_key_so_the_retry_finds_the_first_atte
     let lookup = w.fake.gate(&format!("/v1/organizations/{slug}"));
     create.open();
     let (status, answer) = first.await.unwrap();
-    assert_eq!(status, 503, "{answer}");
+    assert_eq!(status, 502, "{answer}");
+    assert_eq!(answer["error"]["code"], "clerk_outcome_unknown");
 
     lookup.open();
     let (status, answer) = w

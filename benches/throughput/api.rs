@@ -47,12 +47,13 @@ pub async fn serve_fake_if_asked() {
 }
 
 /// The fake in a child process; killed when dropped.
-struct FakeChild {
+pub struct FakeChild {
     _child: tokio::process::Child,
-    url: String,
+    pub url: String,
 }
 
-async fn start_fake(users: usize, webhook_url: &str) -> FakeChild {
+/// Starts the fake with `users` users (`user_s…`) sending its webhooks to `webhook_url`.
+pub async fn start_fake(users: usize, webhook_url: &str) -> FakeChild {
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
         .env(FAKE_ENV, format!("127.0.0.1:0,{users},{webhook_url}"))
         .stdout(std::process::Stdio::piped())

@@ -16,7 +16,7 @@
 //! - `GET /v1/users` (`offset` or `starting_after`, repeated `user_id`) → a bare array;
 //!   `GET /v1/users/count` → `{object: "total_count", total_count}`
 //! - `GET /v1/organization_roles`, `/v1/organization_permissions`,
-//!   `/v1/organization_invitations` → empty lists (the instance has none)
+//!   `/v1/organization_invitations`, `/v1/role_sets` → empty lists (the instance has none)
 //!
 //! Any other path answers 404 and is remembered ([`FakeClerk::unknown_paths`]), so the bench can
 //! say what a newer resync asked for that this fake lacks.
@@ -367,7 +367,7 @@ async fn answer(State(s): State<Shared>, uri: Uri, headers: HeaderMap, RawQuery(
                 },
             }
         }
-        ["v1", "organization_roles" | "organization_permissions" | "organization_invitations"] => {
+        ["v1", "organization_roles" | "organization_permissions" | "organization_invitations" | "role_sets"] => {
             body(r#"{"data":[],"total_count":0}"#.to_owned())
         }
         _ => {

@@ -23,14 +23,17 @@
 //! 8. api ([`api`]): the `/v1` write path of the real `orgsync serve` against the write-capable
 //!    fake Clerk in a child process answering after 20 ms: p50/p99 of `POST /v1/hotels` and
 //!    `DELETE …/members/{user_id}` at 50 concurrent requests, end to end and orgsync's own share;
-//! 9. console ([`console`]): each console page's render time with a million jobs and 100,000
-//!    memberships behind it, and no sequential scan of a big table.
+//! 9. rbac ([`rbac`]): a permission granted to (and revoked from) a role held by 10,000 members
+//!    across 500 hotels through the API, request to answer with `member_permissions` right, and
+//!    the plan of the view's access check at 100,000 memberships;
+//! 10. console ([`console`]): each console page's render time with a million jobs and 100,000
+//!     memberships behind it, and no sequential scan of a big table.
 //!
 //! Knobs: `ORGSYNC_BENCH_SECONDS` (length of each timed phase of the baseline and ingest,
 //! default 5), `ORGSYNC_BENCH_SCALE` (a factor on the dataset sizes, default 1.0),
 //! `ORGSYNC_BENCH_SCALES` (e.g. `1,5`: the resync phase at each scale, ratios to the first),
 //! `ORGSYNC_BENCH_ONLY` (`ingest`, `reconcile`, `e2e`, `peer` (with `e2e`, for the ratio),
-//! `resync`, `stalled`, `api` or `console`, with the baseline), `ORGSYNC_BENCH_PEER_CONCURRENCY`
+//! `resync`, `stalled`, `api`, `rbac` or `console`, with the baseline), `ORGSYNC_BENCH_PEER_CONCURRENCY`
 //! (the peer's Graphile concurrency),
 //! `DATABASE_URL` (the server; databases `orgsync_bench` and `orgsync_bench_resync_<n>` are
 //! created on it and dropped at the end). Every failed check panics, so the bench exits non-zero.
@@ -46,6 +49,7 @@ mod history;
 mod ingest;
 mod measure;
 mod peer;
+mod rbac;
 mod reconcile;
 mod resync;
 mod sampler;
@@ -166,7 +170,7 @@ async fn main() {
     );
     println!();
 
-    // ORGSYNC_BENCH_ONLY=ingest|reconcile|e2e|peer|resync|stalled|api|console runs the baseline
+    // ORGSYNC_BENCH_ONLY=ingest|reconcile|e2e|peer|resync|stalled|api|rbac|console runs the baseline
     // and that phase alone (peer with e2e: its figure is a ratio to it).
     let only = std::env::var("ORGSYNC_BENCH_ONLY").unwrap_or_default();
     let run = |name: &str| only.is_empty() || only == name;
@@ -203,6 +207,9 @@ async fn main() {
     }
     if run("api") {
         rows.extend(api::run(&pool, &db_url, scale).await);
+    }
+    if run("rbac") {
+        rows.extend(rbac::run(&pool, &db_url, scale).await);
     }
     if run("console") {
         rows.extend(console::run(&admin, &base).await);

@@ -295,6 +295,16 @@ fn render_answer(a: &Access) -> Markup {
                             GrantSource::MembershipPermissions => { "the membership's own permissions (no live role has this key yet)" }
                         }
                     }
+                    @if let Some(set) = &m.role_set {
+                        dt { "role set" } dd #role-set {
+                            span.mono { (set.key) } @if let Some(n) = &set.name { " (" (n) ")" } ", "
+                            @match set.lists_role {
+                                Some(true) => { "lists this role" },
+                                Some(false) => span.badge.problem { "does not list this role" },
+                                None => { "not mirrored" },
+                            }
+                        }
+                    }
                 }
             }
             h2 { "Permissions held" }
@@ -319,6 +329,9 @@ fn render_answer(a: &Access) -> Markup {
                 ul #reasons.problem { @for r in &a.reasons { li { "because " (r) } } }
             } @else if a.membership.is_some() && a.held != Some(false) {
                 p.ok { "The user has access as a member of this hotel." }
+            }
+            @if !a.notes.is_empty() {
+                ul #notes { @for n in &a.notes { li { "note: " (n) } } }
             }
         }
     }

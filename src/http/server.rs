@@ -64,6 +64,11 @@ impl Default for HttpLimits {
 /// its deadlines are those of the main listener.
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
+/// Most connections open at once on the `/v1` API listener (one application's backend, kept
+/// alive; a flood of stalled connections is evicted there as on the main listener). Reserved
+/// from the open-files limit before the main listener's cap is fitted into it.
+pub const API_MAX_CONNECTIONS: usize = 1024;
+
 /// What a newcomer receives when it found no room within the header deadline, before it is
 /// closed.
 const SHED_RESPONSE: &[u8] =

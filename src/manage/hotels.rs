@@ -72,6 +72,35 @@ impl CreatePlan {
 /// How many times a create is sent at most when its answers are lost.
 const MAX_CREATE_SENDS: usize = 3;
 
+/// After a create's answer was lost, a failure to find out (Clerk unavailable, rate limited,
+/// out of time) must not read as "nothing was done": the organization may exist. It becomes
+/// [`ClerkWriteError::Unknown`] (502 `clerk_outcome_unknown`), which names the slug to retry
+/// with; a definite answer (slug taken by another organization, a refusal) stays as it is.
+fn outcome_unknown(slug: &Slug, e: ManageError) -> ManageError {
+    match e {
+        ManageError::Clerk(
+            ClerkWriteError::Unavailable { reason }
+            | ClerkWriteError::Unknown { reason }
+            | ClerkWriteError::Decode { reason },
+        ) => ManageError::Clerk(ClerkWriteError::Unknown {
+            reason: format!(
+                "the organization may have been created with slug {slug} (its answer was lost and the \
+                 look-up failed: {reason}); retry with the same Idempotency-Key or slug"
+            ),
+        }),
+        ManageError::Clerk(ClerkWriteError::RateLimited { retry_after }) => {
+            ManageError::Clerk(ClerkWriteError::Unknown {
+                reason: format!(
+                    "the organization may have been created with slug {slug} (its answer was lost and the \
+                     look-up was rate limited for {}s); retry with the same Idempotency-Key or slug",
+                    retry_after.as_secs()
+                ),
+            })
+        }
+        other => other,
+    }
+}
+
 impl Manager {
     /// Creates the organization in Clerk, then writes it, its memberships (Clerk makes
     /// `created_by` an `org:admin`) and their users (fetched from Clerk when the mirror has no
@@ -89,7 +118,9 @@ impl Manager {
             max_allowed_memberships: hotel.max_allowed_memberships,
         };
         let mut org = if plan.look_up_first {
-            self.find_created(hotel, &plan.slug, deadline).await?
+            self.find_created(hotel, &plan.slug, deadline)
+                .await
+                .map_err(|e| outcome_unknown(&plan.slug, e))?
         } else {
             None
         };
@@ -102,15 +133,23 @@ impl Manager {
                 Err(ClerkWriteError::Unknown { reason }) if sends < MAX_CREATE_SENDS => {
                     tracing::warn!(slug = %plan.slug, %reason, "the answer to an organization create was lost; looking it up by slug");
                     lost = true;
-                    org = self.find_created(hotel, &plan.slug, deadline).await?;
+                    org = self
+                        .find_created(hotel, &plan.slug, deadline)
+                        .await
+                        .map_err(|e| outcome_unknown(&plan.slug, e))?;
                 }
                 // After a lost answer, "slug taken" is most likely this very create.
                 Err(e @ ClerkWriteError::Rejected { .. }) if lost => {
-                    match self.find_created(hotel, &plan.slug, deadline).await? {
+                    match self
+                        .find_created(hotel, &plan.slug, deadline)
+                        .await
+                        .map_err(|e| outcome_unknown(&plan.slug, e))?
+                    {
                         Some(o) => org = Some(o),
                         None => return Err(e.into()),
                     }
                 }
+                Err(e) if lost => return Err(outcome_unknown(&plan.slug, e.into())),
                 Err(e) => return Err(e.into()),
             }
         }
