@@ -332,3 +332,86 @@ async fn the_api_listener_answers_prompt_requests_through_a_flood_of_stalled_con
     drop(stalled);
     w.app.stop().await;
 }
+
+async fn holds(db: &TestDb, user: &str, permission: &str) -> bool {
+    sqlx::query_scalar("select exists (select 1 from member_permissions where user_id = $1 and permission = $2)")
+        .bind(user)
+        .bind(permission)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+fn json_of(run: &cli::Run) -> Value {
+    assert_eq!(run.code, 0, "{run:?}");
+    serde_json::from_str(&run.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_administers_roles_and_permissions_with_the_view_right_when_it_returns() {
+    let db = TestDb::new().await;
+    let fake = FakeClerk::start().await;
+    put_people(&fake);
+    let perm = json_of(
+        &cli(
+            &db,
+            &fake,
+            &[
+                "permissions",
+                "create",
+                "org:bookings:read",
+                "--name",
+                "Read bookings",
+                "--json",
+            ],
+        )
+        .await,
+    );
+    let role = json_of(
+        &cli(
+            &db,
+            &fake,
+            &["roles", "create", "org:night", "--name", "Night audit", "--json"],
+        )
+        .await,
+    );
+    let hotel = json_of(
+        &cli(
+            &db,
+            &fake,
+            &["hotels", "create", "Hotel Alpine", "--admin", "user_maria", "--json"],
+        )
+        .await,
+    );
+    let hotel_id = hotel["id"].as_str().unwrap();
+    json_of(
+        &cli(
+            &db,
+            &fake,
+            &["members", "add", hotel_id, "user_tom", "--role", "org:night", "--json"],
+        )
+        .await,
+    );
+    assert!(!holds(&db, "user_tom", "org:bookings:read").await);
+
+    let (role_id, perm_id) = (role["id"].as_str().unwrap(), perm["id"].as_str().unwrap());
+    let granted = json_of(&cli(&db, &fake, &["roles", "grant", role_id, perm_id, "--json"]).await);
+    assert_eq!(granted["permissions"], json!(["org:bookings:read"]), "{granted}");
+    assert!(
+        holds(&db, "user_tom", "org:bookings:read").await,
+        "held when the command returns"
+    );
+    json_of(&cli(&db, &fake, &["roles", "revoke", role_id, perm_id, "--json"]).await);
+    assert!(
+        !holds(&db, "user_tom", "org:bookings:read").await,
+        "gone when the command returns"
+    );
+
+    // A delete needs the id typed or --yes; without a terminal nothing reaches Clerk.
+    let sent = fake.log().len();
+    let run = cli(&db, &fake, &["permissions", "delete", perm_id]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(fake.log().len(), sent, "nothing reached Clerk");
+    let deleted = json_of(&cli(&db, &fake, &["permissions", "delete", perm_id, "--yes", "--json"]).await);
+    assert!(deleted["deleted_at"].is_string(), "{deleted}");
+}

@@ -33,14 +33,40 @@ const ROLES: [&str; 2] = ["org:admin", "org:member"];
 /// One operation; indexes pick among the hotels created so far and the people.
 #[derive(Debug, Clone)]
 enum Op {
-    Create { admin: usize },
-    Rename { hotel: usize, name: u8 },
-    Delete { hotel: usize },
-    Add { hotel: usize, person: usize, role: usize },
-    SetRole { hotel: usize, person: usize, role: usize },
-    Remove { hotel: usize, person: usize },
-    Invite { hotel: usize, email: u8 },
-    Revoke { nth: usize },
+    Create {
+        admin: usize,
+    },
+    Rename {
+        hotel: usize,
+        name: u8,
+    },
+    Delete {
+        hotel: usize,
+    },
+    Add {
+        hotel: usize,
+        person: usize,
+        role: usize,
+    },
+    SetRole {
+        hotel: usize,
+        person: usize,
+        role: usize,
+    },
+    Remove {
+        hotel: usize,
+        person: usize,
+    },
+    Invite {
+        hotel: usize,
+        email: u8,
+    },
+    Revoke {
+        nth: usize,
+    },
+    /// Clerk sends the webhooks held so far now (late, shuffled, some twice), while the next
+    /// writes go on: webhooks and API writes interleave.
+    Deliver,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -53,6 +79,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..4usize, 0..3usize).prop_map(|(hotel, person)| Op::Remove { hotel, person }),
         2 => (0..4usize, any::<u8>()).prop_map(|(hotel, email)| Op::Invite { hotel, email }),
         1 => (0..4usize).prop_map(|nth| Op::Revoke { nth }),
+        2 => Just(Op::Deliver),
     ]
 }
 
@@ -170,6 +197,8 @@ async fn run_ops(w: &WriteApp, ops: &[Op]) {
                     w.call("POST", &path, None).await;
                 }
             }
+            // Not waited for: they arrive during the writes that follow.
+            Op::Deliver => w.fake.release_webhooks(),
         }
     }
 }
@@ -197,11 +226,11 @@ async fn check(ops: &[Op], seed: u64) -> Result<(), String> {
     seed_people(&alone_db.pool).await;
     let fake = FakeClerk::start().await;
     let w = WriteApp::start_with(api_db.pool.clone(), fake, |_| {}).await;
+    w.fake
+        .configure_webhooks(WebhookSettings::unruly(Duration::from_millis(40), 0.3, seed));
     w.fake.hold_webhooks(true);
     run_ops(&w, ops).await;
     let emitted = w.fake.emitted_webhooks();
-    w.fake
-        .configure_webhooks(WebhookSettings::unruly(Duration::from_millis(40), 0.3, seed));
     settle(&w).await;
     webhooks_alone(&alone_db.pool, &emitted).await?;
     let (through_api, alone) = (snapshot(&api_db.pool).await, snapshot(&alone_db.pool).await);

@@ -22,6 +22,8 @@ use crate::Row;
 
 /// Concurrent requests.
 pub const CONCURRENCY: usize = 50;
+/// Requests timed one at a time first.
+const SOLO: usize = 50;
 /// The fake's answer delay.
 const CLERK_LATENCY: Duration = Duration::from_millis(20);
 /// Set in the child's environment: `listen,users,webhook_url` (see [`serve_fake_if_asked`]).
@@ -92,7 +94,7 @@ async fn timed(req: reqwest::RequestBuilder, expect: u16) -> (Timed, serde_json:
     ((total, own), body)
 }
 
-fn rows_for(what: &str, mut samples: Vec<Timed>, seconds: f64) -> Vec<Row> {
+fn rows_for(what: &str, at_once: usize, mut samples: Vec<Timed>, seconds: f64) -> Vec<Row> {
     let n = samples.len();
     let mut total: Vec<Duration> = samples.iter().map(|s| s.0).collect();
     samples.sort_by_key(|s| s.1);
@@ -101,7 +103,7 @@ fn rows_for(what: &str, mut samples: Vec<Timed>, seconds: f64) -> Vec<Row> {
     let p99 = percentile(&own, 0.99);
     vec![
         Row::new(
-            format!("api: {what}, {n} requests, {CONCURRENCY} at once, Clerk 20 ms: end to end p50 / p99"),
+            format!("api: {what}, {n} requests, {at_once} at once, Clerk 20 ms: end to end p50 / p99"),
             format!(
                 "{} / {} ({:.0}/s)",
                 ms(percentile(&total, 0.5)),
@@ -112,7 +114,7 @@ fn rows_for(what: &str, mut samples: Vec<Timed>, seconds: f64) -> Vec<Row> {
             "",
         ),
         Row::new(
-            format!("api: {what}: orgsync's own share p50 / p99"),
+            format!("api: {what}, {at_once} at once: orgsync's own share p50 / p99"),
             format!("{} / {}", ms(percentile(&own, 0.5)), ms(p99)),
             "",
             format!(
@@ -174,6 +176,31 @@ pub async fn run(pool: &PgPool, db_url: &str, scale: f64) -> Vec<Row> {
         .await;
     drop(warm);
 
+    // One at a time: orgsync's own share without queueing for the machine's cores (which the
+    // fake Clerk, the receiver of its webhooks, Postgres and this client share).
+    let started = Instant::now();
+    let mut solo_created = Vec::new();
+    let mut solo_hotels = Vec::new();
+    for i in 0..SOLO {
+        let req = http
+            .post(url("/v1/hotels"))
+            .bearer_auth(&token)
+            .json(&json!({"name": format!("Solo Hotel {i}"), "created_by": user(n)}));
+        let (t, body) = timed(req, 201).await;
+        solo_created.push(t);
+        solo_hotels.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let solo_create_secs = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let mut solo_removed = Vec::new();
+    for hotel in &solo_hotels {
+        let req = http
+            .delete(url(&format!("/v1/hotels/{hotel}/members/{}", user(n))))
+            .bearer_auth(&token);
+        solo_removed.push(timed(req, 200).await.0);
+    }
+    let solo_remove_secs = started.elapsed().as_secs_f64();
+
     let started = Instant::now();
     let created: Vec<(Timed, serde_json::Value)> = futures::stream::iter(0..n)
         .map(|i| {
@@ -221,18 +248,27 @@ pub async fn run(pool: &PgPool, db_url: &str, scale: f64) -> Vec<Row> {
     serve.stop().await;
     drop(fake);
     crate::truncate(pool).await;
-    sqlx::query("truncate api_tokens, api_idempotency, invitations")
+    sqlx::query("truncate api_tokens, api_idempotency, invitations cascade")
         .execute(pool)
         .await
         .unwrap();
 
-    let mut rows = rows_for(
-        "POST /v1/hotels",
-        created.into_iter().map(|c| c.0).collect(),
-        create_secs,
-    );
+    let mut rows = rows_for("POST /v1/hotels", 1, solo_created, solo_create_secs);
     rows.extend(rows_for(
         "DELETE /v1/hotels/{id}/members/{user_id}",
+        1,
+        solo_removed,
+        solo_remove_secs,
+    ));
+    rows.extend(rows_for(
+        "POST /v1/hotels",
+        CONCURRENCY,
+        created.into_iter().map(|c| c.0).collect(),
+        create_secs,
+    ));
+    rows.extend(rows_for(
+        "DELETE /v1/hotels/{id}/members/{user_id}",
+        CONCURRENCY,
         removed.into_iter().map(|c| c.0).collect(),
         remove_secs,
     ));

@@ -171,6 +171,21 @@ pub async fn run(pool: &PgPool, db_url: &str, scale: f64, baseline: f64) -> EndT
     .fetch_all(pool)
     .await
     .unwrap();
+    // How long after its hotel's first change a job that had waited for it ran (the wake-up).
+    let (waited, p50, max): (i64, Option<f64>, Option<f64>) = sqlx::query_as(
+        "select count(*), percentile_cont(0.5) within group (order by lag), max(lag) from (
+           select extract(epoch from j.done_at - (select min(c.at) from changes c
+                                                  where c.entity = 'hotel' and c.entity_id = j.entity_key))::float8 as lag
+           from jobs j where j.attempts > 1 and j.last_error like 'hotel % does not exist yet') x",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    println!(
+        "end-to-end: {waited} jobs that waited for their hotel ran {:.2} s (p50) / {:.2} s (max) after its first change",
+        p50.unwrap_or(0.0),
+        max.unwrap_or(0.0)
+    );
     for (reason, n, most) in reasons {
         println!("end-to-end: {n} jobs retried (up to {most} attempts), last error: {reason}");
     }

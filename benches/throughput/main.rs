@@ -32,7 +32,7 @@
 //! Knobs: `ORGSYNC_BENCH_SECONDS` (length of each timed phase of the baseline and ingest,
 //! default 5), `ORGSYNC_BENCH_SCALE` (a factor on the dataset sizes, default 1.0),
 //! `ORGSYNC_BENCH_SCALES` (e.g. `1,5`: the resync phase at each scale, ratios to the first),
-//! `ORGSYNC_BENCH_ONLY` (`ingest`, `reconcile`, `e2e`, `peer` (with `e2e`, for the ratio),
+//! `ORGSYNC_BENCH_ONLY` (one or more, comma-separated, of `ingest`, `reconcile`, `e2e`, `peer` (with `e2e`, for the ratio),
 //! `resync`, `stalled`, `api`, `rbac` or `console`, with the baseline), `ORGSYNC_BENCH_PEER_CONCURRENCY`
 //! (the peer's Graphile concurrency),
 //! `DATABASE_URL` (the server; databases `orgsync_bench` and `orgsync_bench_resync_<n>` are
@@ -173,7 +173,7 @@ async fn main() {
     // ORGSYNC_BENCH_ONLY=ingest|reconcile|e2e|peer|resync|stalled|api|rbac|console runs the baseline
     // and that phase alone (peer with e2e: its figure is a ratio to it).
     let only = std::env::var("ORGSYNC_BENCH_ONLY").unwrap_or_default();
-    let run = |name: &str| only.is_empty() || only == name;
+    let run = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
     let mut rows = Vec::new();
 
     let baseline = baseline::run(&pool, &db_url, phase).await;
@@ -185,34 +185,34 @@ async fn main() {
         "",
     ));
     if run("ingest") {
-        rows.extend(ingest::run(&db_url, phase, baseline).await);
+        extend_printed(&mut rows, ingest::run(&db_url, phase, baseline).await);
         truncate(&pool).await;
     }
     if run("reconcile") {
-        rows.extend(reconcile::run(&pool, &db_url, scale, baseline).await);
+        extend_printed(&mut rows, reconcile::run(&pool, &db_url, scale, baseline).await);
     }
     if run("e2e") || run("peer") {
         let e2e = end_to_end::run(&pool, &db_url, scale, baseline).await;
-        rows.extend(e2e.rows);
+        extend_printed(&mut rows, e2e.rows);
         if run("peer") {
-            rows.extend(peer::run(&admin, &base, scale, baseline, e2e.seconds).await);
+            extend_printed(&mut rows, peer::run(&admin, &base, scale, baseline, e2e.seconds).await);
         }
     }
     if run("resync") {
-        rows.extend(resync::run(&admin, &base, &scales, baseline).await);
+        extend_printed(&mut rows, resync::run(&admin, &base, &scales, baseline).await);
     }
     if run("stalled") {
-        rows.extend(stalled::run(&db_url).await);
+        extend_printed(&mut rows, stalled::run(&db_url).await);
         truncate(&pool).await;
     }
     if run("api") {
-        rows.extend(api::run(&pool, &db_url, scale).await);
+        extend_printed(&mut rows, api::run(&pool, &db_url, scale).await);
     }
     if run("rbac") {
-        rows.extend(rbac::run(&pool, &db_url, scale).await);
+        extend_printed(&mut rows, rbac::run(&pool, &db_url, scale).await);
     }
     if run("console") {
-        rows.extend(console::run(&admin, &base).await);
+        extend_printed(&mut rows, console::run(&admin, &base).await);
     }
 
     pool.close().await;
@@ -221,6 +221,14 @@ async fn main() {
         .await
         .unwrap();
     print_table(&rows);
+}
+
+/// Adds a phase's rows and prints them at once (a later phase that fails loses none).
+fn extend_printed(rows: &mut Vec<Row>, phase: Vec<Row>) {
+    for r in &phase {
+        println!("row: {} | {} | {} | {}", r.what, r.figure, r.ratio, r.target);
+    }
+    rows.extend(phase);
 }
 
 fn print_table(rows: &[Row]) {

@@ -64,8 +64,13 @@ pub async fn run(admin: &PgPool, base: &str, scale: f64, baseline: f64, e2e_seco
     let bound = Duration::from_secs_f64(300.0 * scale.max(1.0));
     let converged = loop {
         let at = started.elapsed();
+        // A duplicate delivered while the job of its key runs makes Graphile Worker take the key
+        // off the running job and spend its attempts (attempts = max_attempts), so that it is
+        // never retried: the new job carries the work. Such a job is neither runnable nor a
+        // failure; a failure is a job still holding its key with its attempts spent.
         let (runnable, failed): (i64, i64) = sqlx::query_as(
-            "select count(*) filter (where run_at <= now()), count(*) filter (where attempts >= max_attempts)
+            "select count(*) filter (where run_at <= now() and attempts < max_attempts),
+                    count(*) filter (where attempts >= max_attempts and key is not null and locked_at is null)
              from graphile_worker.jobs",
         )
         .fetch_one(&pool)

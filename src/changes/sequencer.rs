@@ -56,25 +56,49 @@ pub enum Tick {
     Moved { changes: u64, last_id: i64 },
 }
 
-/// Makes every change committed before the call readable, waiting for a concurrent tick rather
-/// than skipping: after it returns, a reader of `changes` sees them all. Ok(how many changes
-/// this call moved; 0 when another sequencer had moved them). Cheap when nothing is waiting
-/// (one read). Write paths that promise "the feed already shows it" call it after their
-/// commit and before answering.
+/// Makes every change committed before the call readable: after it returns, a reader of
+/// `changes` sees them all. Ok(how many changes this call moved; 0 when another sequencer had
+/// moved them). Cheap when nothing is waiting (one read). Write paths that promise "the feed
+/// already shows it" call it after their commit and before answering.
+///
+/// It never queues on the sequencer's lock: every change committed before the call has a `seq`
+/// no higher than the sequence's value read first (`upto`); while any of those is still
+/// pending, it ticks, or, when another sequencer holds the lock, waits a millisecond for that
+/// tick to commit and looks again. So concurrent callers (the API's writes, readers, the
+/// background ticks) share one tick instead of running one each, one after the other, and a
+/// stream of later commits never keeps it waiting.
 pub async fn sequence_now(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    if !anything_pending(pool).await? {
-        return Ok(0);
-    }
+    let upto = sqlx::query_scalar!(
+        r#"select case when is_called then last_value else 0 end as "upto!" from pending_changes_seq"#
+    )
+    .fetch_one(pool)
+    .await?;
     let mut total = 0;
-    loop {
+    while pending_up_to(pool, upto).await? {
         let mut conn = pool.acquire().await?;
-        let moved = move_pending(&mut conn, Lock::Wait, BATCH).await?;
-        let (changes, _) = moved.unwrap_or((0, 0));
-        total += changes;
-        if (changes as i64) < BATCH {
-            return Ok(total);
+        match move_pending(&mut conn, BATCH).await? {
+            Some((changes, _)) => total += changes,
+            None => {
+                drop(conn);
+                tokio::time::sleep(BUSY_WAIT).await;
+            }
         }
     }
+    Ok(total)
+}
+
+/// How long [`sequence_now`] waits for another sequencer's tick before looking again.
+const BUSY_WAIT: Duration = Duration::from_millis(1);
+
+/// True while a committed change with `seq <= upto` is not yet in the feed.
+async fn pending_up_to(pool: &PgPool, upto: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"select exists (select 1 from pending_changes
+                          where seq > (select floor_seq from changes_sequencer) and seq <= $1) as "pending!""#,
+        upto
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// One tick, skipped when another sequencer holds the lock. Err when the database cannot be
@@ -84,7 +108,7 @@ pub async fn tick(pool: &PgPool) -> Result<Tick, sqlx::Error> {
         return Ok(Tick::Idle);
     }
     let mut conn = pool.acquire().await?;
-    Ok(match move_pending(&mut conn, Lock::Try, BATCH).await? {
+    Ok(match move_pending(&mut conn, BATCH).await? {
         None => Tick::Busy,
         Some((0, _)) => Tick::Idle,
         Some((changes, last_id)) => Tick::Moved { changes, last_id },
@@ -122,51 +146,26 @@ async fn anything_pending(pool: &PgPool) -> Result<bool, sqlx::Error> {
     .await
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Lock {
-    Wait,
-    Try,
-}
-
-/// One tick's transaction. Ok(None) when `lock` is [`Lock::Try`] and another sequencer holds
-/// it; Ok(Some((moved, last id))) otherwise.
-async fn move_pending(conn: &mut PgConnection, lock: Lock, batch: i64) -> Result<Option<(u64, i64)>, sqlx::Error> {
+/// One tick's transaction. Ok(None) when another sequencer holds the lock; Ok(Some((moved,
+/// last id))) otherwise.
+async fn move_pending(conn: &mut PgConnection, batch: i64) -> Result<Option<(u64, i64)>, sqlx::Error> {
     let mut tx = sqlx::Acquire::begin(conn).await?;
     // The lock first, in a statement of its own: the moving statement's snapshot must be taken
     // after it, to see the ticks before. `drawn`, the last seq handed out before that snapshot,
     // is the scan floor this tick proposes (see the migration). JIT off: the planner's guesses
     // about the tiny sequencer table would otherwise make it compile the statement.
-    let (got, drawn) = match lock {
-        Lock::Try => {
-            let row = sqlx::query!(
-                r#"select pg_try_advisory_xact_lock($1, hashtext(current_schema())) as "got!",
-                          set_config('jit', 'off', true) as jit,
-                          set_config('idle_in_transaction_session_timeout', $2, true) as idle,
-                          (select case when is_called then last_value else 0 end from pending_changes_seq)
-                              as "drawn!""#,
-                LOCK_CLASS,
-                IDLE_TIMEOUT_MS,
-            )
-            .fetch_one(&mut *tx)
-            .await?;
-            (row.got, row.drawn)
-        }
-        Lock::Wait => {
-            let row = sqlx::query!(
-                r#"select set_config('jit', 'off', true) as jit,
-                          set_config('idle_in_transaction_session_timeout', $2, true) as idle,
-                          (select count(*) from (select pg_advisory_xact_lock($1, hashtext(current_schema()))) l)
-                              as "locked!",
-                          (select case when is_called then last_value else 0 end from pending_changes_seq)
-                              as "drawn!""#,
-                LOCK_CLASS,
-                IDLE_TIMEOUT_MS,
-            )
-            .fetch_one(&mut *tx)
-            .await?;
-            (row.locked == 1, row.drawn)
-        }
-    };
+    let row = sqlx::query!(
+        r#"select pg_try_advisory_xact_lock($1, hashtext(current_schema())) as "got!",
+                  set_config('jit', 'off', true) as jit,
+                  set_config('idle_in_transaction_session_timeout', $2, true) as idle,
+                  (select case when is_called then last_value else 0 end from pending_changes_seq)
+                      as "drawn!""#,
+        LOCK_CLASS,
+        IDLE_TIMEOUT_MS,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let (got, drawn) = (row.got, row.drawn);
     if !got {
         tx.rollback().await?;
         return Ok(None);

@@ -46,8 +46,9 @@ pub struct HttpLimits {
     pub max_connections: usize,
 }
 
-/// The default cap of the main listener: 10,000 stalled connections cost about
-/// 75 MiB (measured by the bench's `stalled` phase, docs/operations.md).
+/// The default cap of the main listener: `orgsync serve` holding 10,000 stalled connections
+/// has about 180 MiB resident, 16.8 KiB each (the bench's `stalled` phase,
+/// docs/operations.md).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 impl Default for HttpLimits {

@@ -426,7 +426,12 @@ async fn run_batch_with(pool: &PgPool, settings: &WorkerSettings, isolated: bool
                     report.dead += 1;
                     "dead"
                 } else {
-                    let delay = retry_delay(settings, attempt);
+                    let delay = match &error {
+                        // Another batch holds the user for the moment: ready again when it
+                        // commits, whatever this job's attempt count says.
+                        ApplyError::UserBusy(_) => busy_delay(settings),
+                        _ => retry_delay(settings, attempt),
+                    };
                     tracing::info!(error = %message, retry_in_ms = delay.as_millis() as u64, "retryable failure");
                     book.push(
                         job.id,
@@ -548,6 +553,18 @@ pub fn retry_delay(settings: &WorkerSettings, attempt: i32) -> Duration {
     Duration::from_millis(if ms == 0 { 0 } else { rand::rng().random_range(0..=ms) })
 }
 
+/// Most a job waits after finding its user being written by another batch ([`busy_delay`]).
+const BUSY_RETRY_CAP: Duration = Duration::from_millis(200);
+
+/// The delay before retrying a job whose user another batch was writing: uniform in
+/// `[0, min(retry_base, 200 ms)]`, not growing with the attempts. The other batch commits
+/// within a batch's time, and a job that found its user busy has no wake-up of its own, so a
+/// growing backoff would only leave it idle: in a burst, up to 30 s after its user was written.
+pub fn busy_delay(settings: &WorkerSettings) -> Duration {
+    let ms = settings.retry_base.min(BUSY_RETRY_CAP).as_millis() as u64;
+    Duration::from_millis(if ms == 0 { 0 } else { rand::rng().random_range(0..=ms) })
+}
+
 /// Wakes the workers whenever a job is enqueued. When the listener connection drops, it
 /// reconnects; meanwhile the workers' polling carries on.
 async fn listen(pool: PgPool, wake: Arc<Notify>, cancel: CancellationToken) {
@@ -621,4 +638,24 @@ pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Erro
         .rows_affected())
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_user_is_retried_within_200_ms_whatever_the_attempt_unlike_a_missing_parent() {
+        let settings = WorkerSettings::default();
+        assert!((0..1000).all(|_| busy_delay(&settings) <= BUSY_RETRY_CAP));
+        // The ordinary backoff of a tenth attempt reaches minutes.
+        let longest = (0..1000).map(|_| retry_delay(&settings, 10)).max().unwrap();
+        assert!(longest > Duration::from_secs(60), "{longest:?}");
+        // A test's fast settings stay fast.
+        let fast = WorkerSettings {
+            retry_base: Duration::from_millis(5),
+            ..WorkerSettings::default()
+        };
+        assert!((0..100).all(|_| busy_delay(&fast) <= Duration::from_millis(5)));
+    }
 }
