@@ -73,6 +73,47 @@ pub async fn start_fake(users: usize, webhook_url: &str) -> FakeChild {
     FakeChild { _child: child, url }
 }
 
+/// The real `orgsync serve` with its API against the fake Clerk in a child process (which
+/// sends its webhooks back to it), and a read-write token.
+pub struct Rig {
+    pub fake: FakeChild,
+    pub serve: Serve,
+    pub token: String,
+    pub api_port: u16,
+}
+
+impl Rig {
+    /// The fake holds `users` users (`user_s…`); `env` is added to `serve`'s environment.
+    pub async fn start(pool: &PgPool, db_url: &str, users: usize, env: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let api_port = free_port();
+        let fake = start_fake(users, &format!("http://127.0.0.1:{port}/webhooks/clerk")).await;
+        let name = format!("bench-{api_port}");
+        let token = orgsync::tokens::create(
+            pool,
+            &orgsync::tokens::TokenName::parse(&name).unwrap(),
+            orgsync::tokens::Access::ReadWrite,
+        )
+        .await
+        .unwrap()
+        .token;
+        let mut all = vec![
+            ("CLERK_SECRET_KEY", KEY.to_owned()),
+            ("CLERK_API_URL", fake.url.clone()),
+            ("CLERK_RATE_LIMIT", "1000000".to_owned()),
+            ("ORGSYNC_API_LISTEN", format!("127.0.0.1:{api_port}")),
+        ];
+        all.extend(env.iter().cloned());
+        let serve = Serve::start_at(port, db_url, &[], &all).await;
+        Self {
+            fake,
+            serve,
+            token,
+            api_port,
+        }
+    }
+}
+
 /// One timed request: (end to end, orgsync's own share).
 type Timed = (Duration, Duration);
 
@@ -131,30 +172,12 @@ fn rows_for(what: &str, at_once: usize, mut samples: Vec<Timed>, seconds: f64) -
 
 pub async fn run(pool: &PgPool, db_url: &str, scale: f64) -> Vec<Row> {
     let n = ((500.0 * scale) as usize).max(CONCURRENCY);
-    let port = free_port();
-    let api_port = free_port();
-    let fake = start_fake(n + 1, &format!("http://127.0.0.1:{port}/webhooks/clerk")).await;
-    let token = orgsync::tokens::create(
-        pool,
-        &orgsync::tokens::TokenName::parse("bench").unwrap(),
-        orgsync::tokens::Access::ReadWrite,
-    )
-    .await
-    .unwrap()
-    .token;
-    let serve = Serve::start_at(
-        port,
-        db_url,
-        &[],
-        &[
-            ("CLERK_SECRET_KEY", KEY.to_owned()),
-            ("CLERK_API_URL", fake.url.clone()),
-            ("CLERK_RATE_LIMIT", "1000000".to_owned()),
-            ("ORGSYNC_API_LISTEN", format!("127.0.0.1:{api_port}")),
-            ("ORGSYNC_DB_POOL_SIZE", "32".to_owned()),
-        ],
-    )
-    .await;
+    let Rig {
+        fake,
+        serve,
+        token,
+        api_port,
+    } = Rig::start(pool, db_url, n + 1, &[("ORGSYNC_DB_POOL_SIZE", "32".to_owned())]).await;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(CONCURRENCY)
         .build()

@@ -12,10 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::api::start_fake;
+use crate::api::Rig;
 use crate::measure::{ms, percentile};
-use crate::serve::{free_port, Serve};
-use crate::test_fake_clerk::KEY;
 use crate::Row;
 
 const HOTELS: usize = 500;
@@ -82,29 +80,12 @@ fn plan_nodes(node: &Value, out: &mut Vec<(String, String)>) {
 pub async fn run(pool: &PgPool, db_url: &str, scale: f64) -> Vec<Row> {
     let holders = ((10_000.0 * scale) as usize).max(HOTELS);
     let total = ((100_000.0 * scale) as usize).max(holders);
-    let port = free_port();
-    let api_port = free_port();
-    let fake = start_fake(0, &format!("http://127.0.0.1:{port}/webhooks/clerk")).await;
-    let token = orgsync::tokens::create(
-        pool,
-        &orgsync::tokens::TokenName::parse("bench-rbac").unwrap(),
-        orgsync::tokens::Access::ReadWrite,
-    )
-    .await
-    .unwrap()
-    .token;
-    let serve = Serve::start_at(
-        port,
-        db_url,
-        &[],
-        &[
-            ("CLERK_SECRET_KEY", KEY.to_owned()),
-            ("CLERK_API_URL", fake.url.clone()),
-            ("CLERK_RATE_LIMIT", "1000000".to_owned()),
-            ("ORGSYNC_API_LISTEN", format!("127.0.0.1:{api_port}")),
-        ],
-    )
-    .await;
+    let Rig {
+        fake,
+        serve,
+        token,
+        api_port,
+    } = Rig::start(pool, db_url, 0, &[]).await;
     let http = reqwest::Client::new();
     let url = |p: &str| format!("http://127.0.0.1:{api_port}{p}");
 
