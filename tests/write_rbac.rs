@@ -64,6 +64,21 @@ async fn put_holders(w: &WriteApp, role: &str) {
     assert_eq!(report.hotels.created.len(), HOTELS);
 }
 
+/// Releases the held webhooks late, shuffled and half of them twice (`seed`), waits for them,
+/// and asserts they changed no row and added no change row: each was a duplicate by version.
+async fn late_webhooks_change_nothing(w: &WriteApp, seed: u64) {
+    let pool = w.pool();
+    let (rows_before, feed_before) = (rows(pool).await, feed(pool).await.len());
+    w.fake.configure_webhooks(fake_clerk::WebhookSettings::unruly(
+        std::time::Duration::from_millis(30),
+        0.5,
+        seed,
+    ));
+    settle(w).await;
+    assert_eq!(rows(pool).await, rows_before, "the webhooks changed no row");
+    assert_eq!(feed(pool).await.len(), feed_before, "and made no change row");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_grant_and_a_revoke_reach_all_1000_holders_of_the_role_across_hotels_at_the_answer() {
     let db = TestDb::new().await;
@@ -127,16 +142,8 @@ async fn a_grant_and_a_revoke_reach_all_1000_holders_of_the_role_across_hotels_a
     assert_eq!(after_revoke.len(), after_grant.len() + 1);
 
     // Clerk's role.* and permission.* webhooks, late and shuffled: duplicates by version.
-    let rows_before = rows(pool).await;
-    w.fake.configure_webhooks(fake_clerk::WebhookSettings::unruly(
-        std::time::Duration::from_millis(30),
-        0.5,
-        11,
-    ));
-    settle(&w).await;
-    assert_eq!(rows(pool).await, rows_before, "the webhooks changed no row");
+    late_webhooks_change_nothing(&w, 11).await;
     assert_eq!(holding(pool, PERMISSION).await, (0, 0));
-    assert_eq!(feed(pool).await.len(), after_revoke.len(), "and made no change row");
     w.app.stop().await;
 }
 
@@ -220,15 +227,6 @@ async fn permissions_and_roles_are_created_renamed_and_deleted_with_the_view_rig
     assert!(bad["error"]["message"].as_str().unwrap().contains("key"), "{bad}");
     assert_eq!(w.fake.requests("/v1/organization_permissions"), asked);
 
-    let rows_before = rows(pool).await;
-    let feed_before = feed(pool).await.len();
-    w.fake.configure_webhooks(fake_clerk::WebhookSettings::unruly(
-        std::time::Duration::from_millis(30),
-        0.5,
-        5,
-    ));
-    settle(&w).await;
-    assert_eq!(rows(pool).await, rows_before, "the webhooks changed no row");
-    assert_eq!(feed(pool).await.len(), feed_before, "and made no change row");
+    late_webhooks_change_nothing(&w, 5).await;
     w.app.stop().await;
 }
